@@ -1,0 +1,1 @@
+"""The clinic's services: booking, forms and notify."""

@@ -1,0 +1,1 @@
+"""The clinic's messaging and persistence core, shared by every service."""

@@ -1,0 +1,267 @@
+"""Database plumbing every service shares: engines, UTC timestamps, the unit of work, and the
+tables behind the outbox, idempotent consumers, Idempotency-Key replays and staff tokens.
+
+SQLAlchemy Core rather than the ORM: the rules live in `model.py` as plain objects, and each
+repository maps rows to them explicitly, which keeps every statement visible and cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from shared.clock import Clock
+from shared.errors import Conflict, Invalid
+from shared.events import Event, encode
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out, on PostgreSQL and SQLite alike.
+
+    A naive datetime is refused: guessing its zone is how reminders end up an hour out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: store instants as aware UTC")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=sa.QueuePool,
+            pool_size=pool_size, max_overflow=20,
+        )
+        _sqlite_serialised_writes(engine)
+        return engine
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
+        pool_recycle=1800, connect_args={"connect_timeout": 5},
+    )
+
+
+def _sqlite_serialised_writes(engine: Engine) -> None:
+    """SQLite (the embedded default) takes the write lock at BEGIN, so two threads never
+    deadlock upgrading read locks; WAL lets readers go on meanwhile."""
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignoring_duplicates(connection: Connection, table: sa.Table, values: dict) -> bool:
+    """Insert unless the primary key exists; True when this call inserted the row.
+
+    On PostgreSQL a concurrent insert of the same key waits for the other transaction, so two
+    deliveries of one event cannot both believe they were first.
+    """
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    key = list(table.primary_key.columns)[0]
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    return connection.execute(statement).first() is not None
+
+
+@dataclass(frozen=True)
+class SharedTables:
+    outbox: sa.Table
+    processed_events: sa.Table
+    idempotency_keys: sa.Table
+    staff_tokens: sa.Table
+
+
+def add_shared_tables(metadata: sa.MetaData) -> SharedTables:
+    outbox = sa.Table(
+        "outbox", metadata,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("type", sa.String(100), nullable=False),
+        sa.Column("subject", sa.String(100), nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("published_at", UTCDateTime, nullable=True),
+    )
+    sa.Index(
+        "outbox_pending", outbox.c.id,
+        postgresql_where=outbox.c.published_at.is_(None),
+        sqlite_where=outbox.c.published_at.is_(None),
+    )
+    processed_events = sa.Table(
+        "processed_events", metadata,
+        sa.Column("consumer", sa.String(100), primary_key=True),
+        sa.Column("event_id", sa.String(64), primary_key=True),
+        sa.Column("processed_at", UTCDateTime, nullable=False),
+    )
+    idempotency_keys = sa.Table(
+        "idempotency_keys", metadata,
+        sa.Column("scope", sa.String(100), primary_key=True),
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("status_code", sa.Integer, nullable=True),
+        sa.Column("response", sa.Text, nullable=True),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+    )
+    staff_tokens = sa.Table(
+        "staff_tokens", metadata,
+        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("role", sa.String(20), nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("revoked_at", UTCDateTime, nullable=True),
+    )
+    return SharedTables(outbox, processed_events, idempotency_keys, staff_tokens)
+
+
+class Outbox:
+    """Events written in the caller's transaction; the relay publishes them after commit."""
+
+    def __init__(self, connection: Connection, table: sa.Table, clock: Clock):
+        self._connection, self._table, self._clock = connection, table, clock
+        self.added = 0
+
+    def add(self, event: Event) -> None:
+        self._connection.execute(
+            self._table.insert().values(
+                event_id=event.id, type=event.type, subject=event.subject,
+                body=encode(event), created_at=self._clock.now(),
+            )
+        )
+        self.added += 1
+
+
+class ProcessedEvents:
+    def __init__(self, connection: Connection, table: sa.Table, clock: Clock):
+        self._connection, self._table, self._clock = connection, table, clock
+
+    def add(self, consumer: str, event_id: str) -> bool:
+        """Record that `consumer` handled `event_id`; False if it already had."""
+        return insert_ignoring_duplicates(
+            self._connection, self._table,
+            {"consumer": consumer, "event_id": event_id, "processed_at": self._clock.now()},
+        )
+
+
+@dataclass(frozen=True)
+class Replay:
+    status_code: int
+    body: Any
+
+
+def request_fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    """The `Idempotency-Key` of a creating POST, claimed in the same transaction as the create."""
+
+    def __init__(self, connection: Connection, table: sa.Table, clock: Clock):
+        self._connection, self._table, self._clock = connection, table, clock
+
+    def claim(self, scope: str, key: str, fingerprint: str) -> Replay | None:
+        """None when this request is the first with the key; the stored answer otherwise."""
+        if insert_ignoring_duplicates(
+            self._connection, self._table,
+            {"scope": scope, "key": key, "request_hash": fingerprint,
+             "created_at": self._clock.now()},
+        ):
+            return None
+        row = self._connection.execute(
+            sa.select(self._table).where(self._table.c.scope == scope, self._table.c.key == key)
+        ).one()
+        if row.request_hash != fingerprint:
+            raise Invalid(
+                "Idempotency-Key was already used with a different request",
+                {"Idempotency-Key": ["reused with a different request body"]},
+            )
+        if row.status_code is None:
+            raise Conflict("a request with this Idempotency-Key is still in progress")
+        return Replay(row.status_code, json.loads(row.response))
+
+    def record(self, scope: str, key: str, status_code: int, body: Any) -> None:
+        self._connection.execute(
+            self._table.update()
+            .where(self._table.c.scope == scope, self._table.c.key == key)
+            .values(status_code=status_code, response=json.dumps(body, default=str))
+        )
+
+
+class UnitOfWork:
+    """One transaction: the service's changes, its outbox rows and its processed-event marks.
+
+    Subclasses open their repositories in `_open`. Use once per operation:
+    `with uow: ...; uow.commit()`; leaving the block without commit rolls back.
+    """
+
+    def __init__(self, engine: Engine, tables: SharedTables, clock: Clock, notify_channel: str):
+        self.engine, self.tables, self.clock = engine, tables, clock
+        self._notify_channel = notify_channel
+        self.connection: Connection | None = None
+
+    def __enter__(self) -> UnitOfWork:
+        self.connection = self.engine.connect()
+        self._transaction = self.connection.begin()
+        self.outbox = Outbox(self.connection, self.tables.outbox, self.clock)
+        self.processed = ProcessedEvents(self.connection, self.tables.processed_events, self.clock)
+        self.idempotency = IdempotencyKeys(
+            self.connection, self.tables.idempotency_keys, self.clock
+        )
+        self._open(self.connection)
+        return self
+
+    def _open(self, connection: Connection) -> None:
+        """Subclasses attach their repositories here."""
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self.connection.close()
+            self.connection = None
+
+    def commit(self) -> None:
+        if self.outbox.added and self.connection.dialect.name == "postgresql":
+            # Delivered by PostgreSQL only when this transaction commits: wakes the relay
+            # at once instead of at its next poll.
+            self.connection.execute(sa.select(sa.func.pg_notify(self._notify_channel, "")))
+        self._transaction.commit()
+
+    def rollback(self) -> None:
+        self._transaction.rollback()
+
+
+def outbox_channel(service: str) -> str:
+    return f"clinic_outbox_{service}"

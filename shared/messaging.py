@@ -1,0 +1,184 @@
+"""The broker side: topology declared idempotently at start-up, and a batch publisher.
+
+On RabbitMQ (kombu's py-amqp transport) the publisher puts the channel in confirm mode once
+and pipelines a whole batch before waiting for the broker's acks, instead of one round trip
+per message. On `memory://` (the embedded default) there is nothing to confirm.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import amqp
+from kombu import Connection, Exchange, Queue, binding
+
+EXCHANGE = "clinic.events"
+DEAD_LETTER_EXCHANGE = "clinic.dead-letter"
+DELIVERY_LIMIT = 5
+CONTENT_TYPE = "application/cloudevents+json"
+
+events_exchange = Exchange(EXCHANGE, type="topic", durable=True)
+dead_letter_exchange = Exchange(DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+
+
+def queue_name(service: str) -> str:
+    return f"clinic.{service}"
+
+
+def dead_letter_queue_name(service: str) -> str:
+    return f"clinic.{service}.dead"
+
+
+def service_queue(service: str, routing_keys: list[str]) -> Queue:
+    """The service's quorum queue: durable, bounded redeliveries, then parked with `x-death`.
+
+    `at-least-once` dead-lettering keeps a parked message until the dead-letter queue has it,
+    and RabbitMQ requires `reject-publish` overflow for it. No priorities, exclusivity,
+    auto-delete or global QoS: quorum queues refuse them.
+    """
+    return Queue(
+        queue_name(service),
+        bindings=[binding(events_exchange, routing_key=key) for key in routing_keys],
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": service,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queue(service: str) -> Queue:
+    return Queue(
+        dead_letter_queue_name(service),
+        exchange=dead_letter_exchange,
+        routing_key=service,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+def declare_topology(connection: Connection, service: str | None = None,
+                     routing_keys: list[str] | None = None) -> None:
+    """Declare the exchange and, for a consuming service, its queue and parking queue.
+
+    Safe to run on every start: declaring what exists with the same arguments is a no-op.
+    """
+    channel = connection.channel()
+    try:
+        events_exchange(channel).declare()
+        if service:
+            dead_letter_exchange(channel).declare()
+            dead_letter_queue(service)(channel).declare()
+            service_queue(service, routing_keys or [])(channel).declare()
+    finally:
+        channel.close()
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: dict | None = None
+
+
+class PublishFailed(Exception):
+    """The broker refused (nacked) or did not confirm a batch; nothing in it counts as sent."""
+
+
+class Publisher:
+    """Publishes batches to `clinic.events`; returns only when every message is confirmed."""
+
+    def __init__(self, url: str, confirm_timeout: float = 30.0):
+        self._url = url
+        self._confirm_timeout = confirm_timeout
+        self._connection: Connection | None = None
+        self._channel = None
+        self._next_tag = 0
+        self._confirmed_up_to = 0
+        self._nacked = False
+        self._acked: set[int] = set()
+
+    @property
+    def confirms(self) -> bool:
+        return not self._url.startswith("memory")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # closing a dead connection may raise; it is gone either way
+                pass
+        self._connection = self._channel = None
+
+    def _open(self) -> None:
+        if self._connection is not None and self._connection.connected:
+            return
+        self.close()
+        self._connection = Connection(self._url, heartbeat=0, connect_timeout=5)
+        self._connection.ensure_connection(max_retries=1)
+        declare_topology(self._connection)
+        self._channel = self._connection.channel()
+        if self.confirms:
+            self._channel.confirm_select()
+            self._channel.events["basic_ack"].add(self._on_ack)
+            self._channel.events["basic_nack"].add(self._on_nack)
+            self._next_tag = self._confirmed_up_to = 0
+            self._acked = set()
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        # Tags are sequential per channel; acks may arrive out of order only when not
+        # `multiple`, so track a contiguous watermark plus stragglers.
+        if multiple:
+            self._confirmed_up_to = max(self._confirmed_up_to, delivery_tag)
+            self._acked = {t for t in self._acked if t > self._confirmed_up_to}
+        else:
+            self._acked.add(delivery_tag)
+        while self._confirmed_up_to + 1 in self._acked:
+            self._confirmed_up_to += 1
+            self._acked.discard(self._confirmed_up_to)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._nacked = True
+
+    def publish(self, messages: list[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        self._open()
+        if not self.confirms:
+            producer = self._connection.Producer(channel=self._channel)
+            for message in messages:
+                producer.publish(
+                    message.body, exchange=events_exchange, routing_key=message.routing_key,
+                    content_type=CONTENT_TYPE, content_encoding="utf-8",
+                    message_id=message.message_id, headers=message.headers or {},
+                    delivery_mode=2,
+                )
+            return
+        self._nacked = False
+        for message in messages:
+            self._channel.basic_publish(
+                amqp.Message(
+                    message.body, content_type=CONTENT_TYPE, content_encoding="utf-8",
+                    delivery_mode=2, message_id=message.message_id,
+                    application_headers=message.headers or {},
+                ),
+                exchange=EXCHANGE, routing_key=message.routing_key,
+            )
+        self._next_tag += len(messages)
+        self._wait_for_confirms()
+
+    def _wait_for_confirms(self) -> None:
+        while self._confirmed_up_to < self._next_tag and not self._nacked:
+            try:
+                self._connection.drain_events(timeout=self._confirm_timeout)
+            except socket.timeout as error:
+                self.close()
+                raise PublishFailed("broker did not confirm the batch in time") from error
+        if self._nacked:
+            self.close()
+            raise PublishFailed("broker nacked a message of the batch")

@@ -1,0 +1,161 @@
+"""The outbox relay: committed events reach the broker, in commit order, at least once.
+
+Any number of relays may run for a service; one leads. On PostgreSQL the leader holds a
+session advisory lock on its own connection, so when its process dies the connection drops,
+the lock goes with it and a standby takes over within a second. The same connection LISTENs
+for the `pg_notify` that every outbox-writing commit sends, so an event goes out as soon as it
+is committed rather than at the next poll.
+"""
+from __future__ import annotations
+
+import select
+import threading
+import zlib
+from datetime import timedelta
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from shared.clock import Clock
+from shared.db import outbox_channel
+from shared.logging import get_logger
+from shared.messaging import OutgoingMessage, Publisher
+
+log = get_logger("outbox")
+
+
+class SoleLeadership:
+    """SQLite, the embedded default: one process, so the relay always leads; it polls."""
+
+    poll_seconds = 0.1
+
+    def acquire(self) -> bool:
+        return True
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        stop.wait(min(timeout, self.poll_seconds))
+
+    def release(self) -> None:
+        pass
+
+
+class AdvisoryLockLeadership:
+    """PostgreSQL: leadership is a session advisory lock on a dedicated connection."""
+
+    def __init__(self, engine: Engine, service: str):
+        url = engine.url.set(drivername="postgresql")
+        self._conninfo = url.render_as_string(hide_password=False)
+        self._channel = outbox_channel(service)
+        self._key = zlib.crc32(self._channel.encode())
+        self._connection: psycopg.Connection | None = None
+
+    def acquire(self) -> bool:
+        if self._connection is not None:
+            if not self._connection.closed:
+                return True
+            self.release()
+        connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        locked = connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
+        if not locked:
+            connection.close()
+            return False
+        connection.execute(f'LISTEN "{self._channel}"')
+        self._connection = connection
+        log.info("outbox.leading", channel=self._channel)
+        return True
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        """Block until a commit notifies, the timeout passes, or the connection drops."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            ready, _, _ = select.select([connection.fileno()], [], [], timeout)
+            if ready:
+                # Drain every queued notification at once: one wake per burst, not per row.
+                for _ in connection.notifies(timeout=0):
+                    pass
+        except (psycopg.Error, OSError, ValueError):
+            self.release()
+
+    def release(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+
+class OutboxRelay:
+    def __init__(self, engine: Engine, table: sa.Table, publisher: Publisher, clock: Clock,
+                 service: str, batch_size: int = 500):
+        self._engine, self._table, self._publisher = engine, table, publisher
+        self._clock, self._batch_size = clock, batch_size
+        self._service = service
+        self.leadership = (
+            AdvisoryLockLeadership(engine, service)
+            if engine.dialect.name == "postgresql" else SoleLeadership()
+        )
+
+    def publish_pending(self) -> int:
+        """Publish the oldest pending batch and mark it published; the count sent."""
+        table = self._table
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.id, table.c.event_id, table.c.type, table.c.body)
+                .where(table.c.published_at.is_(None))
+                .order_by(table.c.id)
+                .limit(self._batch_size)
+            ).all()
+            connection.rollback()
+        if not rows:
+            return 0
+        self._publisher.publish(
+            [OutgoingMessage(row.type, bytes(row.body), row.event_id) for row in rows]
+        )
+        with self._engine.begin() as connection:
+            connection.execute(
+                table.update()
+                .where(table.c.id.in_([row.id for row in rows]))
+                .values(published_at=self._clock.now())
+            )
+        return len(rows)
+
+    def prune(self, keep: timedelta = timedelta(days=7)) -> int:
+        """Published rows are history, not work: keep a week for tracing, then drop them."""
+        with self._engine.begin() as connection:
+            return connection.execute(
+                self._table.delete().where(
+                    self._table.c.published_at.is_not(None),
+                    self._table.c.published_at < self._clock.now() - keep,
+                )
+            ).rowcount
+
+    def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not self.leadership.acquire():
+                    stop.wait(1.0)
+                    continue
+                sent = self.publish_pending()
+                failures = 0
+                if sent:
+                    log.debug("outbox.published", count=sent, service=self._service)
+                if sent < self._batch_size:
+                    self.leadership.wait_for_work(idle_wait, stop)
+            except Exception as error:  # broker or database away: back off, keep the rows
+                failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(failures, 5))
+                log.warning("outbox.retrying", service=self._service, error=type(error).__name__,
+                            detail=str(error)[:200], retry_in=delay)
+                self._publisher.close()
+                if isinstance(error, (sa.exc.OperationalError, psycopg.Error)):
+                    self.leadership.release()
+                stop.wait(delay)
+        self.close()
+
+    def close(self) -> None:
+        self._publisher.close()
+        self.leadership.release()

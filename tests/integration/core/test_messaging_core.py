@@ -1,0 +1,207 @@
+"""The messaging core against the real broker and databases: outbox, relay, consumer, parking."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+import pytest
+import sqlalchemy as sa
+
+from shared.clock import SystemClock
+from shared.consumer import EventConsumer
+from shared.db import UnitOfWork, add_shared_tables, make_engine, outbox_channel
+from shared.events import decode, new_event
+from shared.messaging import Publisher, dead_letter_queue_name, declare_topology, queue_name
+from shared.outbox import OutboxRelay
+
+CLOCK = SystemClock()
+
+
+@pytest.fixture
+def store(database_url):
+    metadata = sa.MetaData()
+    tables = add_shared_tables(metadata)
+    effects = sa.Table("effects", metadata, sa.Column("event_id", sa.String(64)),
+                       sa.Column("n", sa.Integer))
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    yield engine, tables, effects
+    engine.dispose()
+
+
+def _write_events(engine, tables, count, subject="a1"):
+    events = [new_event("/test", "test.thing.happened", subject, {"n": n}, CLOCK)
+              for n in range(count)]
+    for event in events:
+        with UnitOfWork(engine, tables, CLOCK, outbox_channel("test")) as uow:
+            uow.outbox.add(event)
+            uow.commit()
+    return events
+
+
+def _pika_channel(amqp_url):
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    return connection, connection.channel()
+
+
+def _drain(channel, queue, expected, timeout=20.0):
+    bodies, deadline = [], time.monotonic() + timeout
+    while len(bodies) < expected and time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        bodies.append((properties, body))
+    return bodies
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_relay_publishes_in_commit_order_and_marks_rows(store, amqp_url):
+    engine, tables, _ = store
+    connection, channel = _pika_channel(amqp_url)
+    channel.exchange_declare("clinic.events", "topic", durable=True)
+    channel.queue_declare("watch", exclusive=True)
+    channel.queue_bind("watch", "clinic.events", "#")
+    events = _write_events(engine, tables, 1200)
+    relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test")
+    assert relay.leadership.acquire()
+    assert relay.publish_pending() == 500
+    assert relay.publish_pending() == 500
+    assert relay.publish_pending() == 200
+    assert relay.publish_pending() == 0
+    received = _drain(channel, "watch", 1200)
+    assert [decode(body).id for _, body in received] == [e.id for e in events]
+    assert all(p.content_type == "application/cloudevents+json" for p, _ in received)
+    with engine.connect() as conn:
+        pending = conn.execute(sa.select(sa.func.count()).where(
+            tables.outbox.c.published_at.is_(None))).scalar()
+    assert pending == 0
+    relay.close()
+    connection.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_only_one_relay_leads_and_a_standby_takes_over(store, amqp_url):
+    engine, tables, _ = store
+    first = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test")
+    second = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test")
+    assert first.leadership.acquire()
+    assert not second.leadership.acquire()
+    first.close()  # as when the leader's process dies and its connection drops
+    assert second.leadership.acquire()
+    second.close()
+
+
+def _run_consumer(amqp_url, handlers, service="test"):
+    stop = threading.Event()
+    consumer = EventConsumer(amqp_url, service, handlers, stop=stop)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def _idempotent_handler(engine, tables, effects):
+    def handle(event):
+        with UnitOfWork(engine, tables, CLOCK, outbox_channel("test")) as uow:
+            if not uow.processed.add("test.effects", event.id):
+                return
+            uow.connection.execute(effects.insert().values(event_id=event.id,
+                                                          n=event.data["n"]))
+            uow.commit()
+    return handle
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_consumer_applies_each_event_once_even_when_redelivered(store, amqp_url):
+    engine, tables, effects = store
+    handler = _idempotent_handler(engine, tables, effects)
+    stop, thread = _run_consumer(amqp_url, {"test.thing.happened": handler})
+    events = _write_events(engine, tables, 20)
+    publisher = Publisher(amqp_url)
+    relay = OutboxRelay(engine, tables.outbox, publisher, CLOCK, "test")
+    time.sleep(0.5)  # let the consumer declare its queue before the first publish
+    relay.publish_pending()
+    # Publish the very same rows again, as a relay would after dying before marking them.
+    with engine.begin() as conn:
+        conn.execute(tables.outbox.update().values(published_at=None))
+    relay.publish_pending()
+    count = lambda: _count(engine, effects)  # noqa: E731
+    assert _wait_for(lambda: count() == 20)
+    time.sleep(0.5)
+    assert count() == 20
+    with engine.connect() as conn:
+        seen = {row.event_id for row in conn.execute(sa.select(effects.c.event_id))}
+    assert seen == {e.id for e in events}
+    stop.set()
+    thread.join(10)
+    relay.close()
+
+
+def _count(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_poison_messages_are_parked_with_their_reason_and_do_not_block(store, amqp_url):
+    engine, tables, effects = store
+    handler = _idempotent_handler(engine, tables, effects)
+    connection, channel = _pika_channel(amqp_url)
+    declare_probe = Publisher(amqp_url)
+    declare_probe._open()
+    declare_topology(declare_probe._connection, "test", ["test.thing.happened"])
+    declare_probe.close()
+    good = [new_event("/test", "test.thing.happened", "s", {"n": n}, CLOCK) for n in range(100)]
+    from shared.events import encode
+    poison = [b"not json", b"{}", b'{"specversion":"1.0","id":"x","source":"/t",'
+              b'"type":"test.thing.happened"}', b"\xff\xfe", b"[1,2,3]"]
+    bodies = [encode(e) for e in good]
+    for index, body in enumerate(poison):
+        bodies.insert(index * 20 + 3, body)
+    for body in bodies:
+        channel.basic_publish("clinic.events", "test.thing.happened", body,
+                              pika.BasicProperties(delivery_mode=2))
+    stop, thread = _run_consumer(amqp_url, {"test.thing.happened": handler})
+    assert _wait_for(lambda: _count(engine, effects) == 100)
+    parked = _drain(channel, dead_letter_queue_name("test"), 5)
+    assert sorted(body for _, body in parked) == sorted(poison)
+    for properties, _ in parked:
+        assert properties.headers["x-clinic-error"].startswith("invalid event:")
+        assert properties.headers["x-clinic-queue"] == queue_name("test")
+    stop.set()
+    thread.join(10)
+    connection.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_handler_that_keeps_failing_is_parked_after_the_delivery_limit(store, amqp_url):
+    engine, tables, effects = store
+    attempts = []
+
+    def broken(event):
+        attempts.append(event.id)
+        raise RuntimeError("template missing")
+
+    connection, channel = _pika_channel(amqp_url)
+    stop, thread = _run_consumer(amqp_url, {"test.thing.happened": broken})
+    time.sleep(0.5)
+    event = new_event("/test", "test.thing.happened", "s", {"n": 1}, CLOCK)
+    from shared.events import encode
+    channel.basic_publish("clinic.events", "test.thing.happened", encode(event),
+                          pika.BasicProperties(delivery_mode=2))
+    parked = _drain(channel, dead_letter_queue_name("test"), 1)
+    assert len(parked) == 1
+    assert "RuntimeError: template missing" in parked[0][0].headers["x-clinic-error"]
+    assert len(attempts) == 5
+    stop.set()
+    thread.join(10)
+    connection.close()
