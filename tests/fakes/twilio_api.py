@@ -20,10 +20,11 @@ import math
 import re
 import secrets
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -89,9 +90,9 @@ def _date_bound(value: str) -> tuple[datetime, bool]:
     """A DateSent filter value: YYYY-MM-DD (whole GMT day) or the SDK's YYYY-MM-DDTHH:MM:SSZ."""
     value = value.strip()
     if "T" in value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc), False
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC), False
     day = date.fromisoformat(value)
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc), True
+    return datetime(day.year, day.month, day.day, tzinfo=UTC), True
 
 
 class _Fault:
@@ -108,6 +109,11 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out has gone before the (delayed) answer: expected, not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def cut_connections(self) -> None:
         with self.connections_lock:
@@ -153,9 +159,14 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        status, body, headers = self.server.fake._answer(
+        fake = self.server.fake
+        status, body, headers = fake._answer(
             method, url.path, query, form, self.headers.get("Authorization")
         )
+        # A slow answer comes after the work is done: a client that times out on a create
+        # has had its message accepted, the case crash recovery must not send twice.
+        if fake.delay:
+            fake._stopping.wait(fake.delay)
         payload = json.dumps(body).encode("utf-8") if body is not None else b""
         self.send_response(status)
         if body is not None:
@@ -198,6 +209,7 @@ class FakeTwilio:
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeTwilio:
+        self._stopping.clear()
         self._server = _Server(self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -238,7 +250,7 @@ class FakeTwilio:
     def messages(self) -> list[dict]:
         """Every message created, oldest first, as Twilio's JSON plus `status_callback`."""
         with self._lock:
-            return [dict(message) for message in self._messages]
+            return [self._recorded(message) for message in self._messages]
 
     @property
     def requests(self) -> list[dict]:
@@ -252,7 +264,7 @@ class FakeTwilio:
 
     def message(self, sid: str) -> dict:
         with self._lock:
-            return dict(self._find(sid))
+            return self._recorded(self._find(sid))
 
     # fault injection ---------------------------------------------------------------------
     def fail_next(
@@ -274,12 +286,13 @@ class FakeTwilio:
             message = self._find(sid)
             message["status"] = status
             message["date_updated"] = _rfc2822(now)
-            if status in {"sent", "delivered", "undelivered", "failed"} and not message["date_sent"]:
+            handed_on = status in {"sent", "delivered", "undelivered", "failed"}
+            if handed_on and not message["date_sent"]:
                 message["date_sent"] = _rfc2822(now)
                 message["_date_sent"] = now
             if error_code is not None:
                 message["error_code"] = error_code
-            return dict(message)
+            return self._recorded(message)
 
     def status_callback_request(
         self,
@@ -453,13 +466,14 @@ class FakeTwilio:
             return 400, _error_body(code, 400), {}
         now = self.clock.now()
         sid = f"SM{secrets.token_hex(16)}"
+        body = form.get("Body", "")
         service = form.get("MessagingServiceSid") or None
         sender = form.get("From") or None
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"
         message = {
             "account_sid": self.account_sid,
             "api_version": API_VERSION,
-            "body": form.get("Body", ""),
+            "body": body,
             "date_created": _rfc2822(now),
             "date_sent": None,
             "date_updated": _rfc2822(now),
@@ -470,7 +484,7 @@ class FakeTwilio:
             "messaging_service_sid": service,
             "num_media": "0",
             # Twilio: through a messaging service num_segments is 0 in the create response.
-            "num_segments": "0" if service and not sender else str(sms_segments(form["Body"])),
+            "num_segments": "0" if service and not sender else str(sms_segments(body)),
             "price": None,
             "price_unit": "USD",
             "sid": sid,
@@ -484,16 +498,17 @@ class FakeTwilio:
         }
         with self._lock:
             self._messages.append(message)
-            public = self._public(message)
-        # Slow answer after the message was taken: the case where a client times out on a
-        # message Twilio did accept, which crash recovery must not send twice.
-        if self.delay:
-            self._stopping.wait(self.delay)
-        return 201, public, {}
+            return 201, self._public(message), {}
+
+    @staticmethod
+    def _recorded(message: dict) -> dict:
+        return {k: v for k, v in message.items() if not k.startswith("_")}
 
     @staticmethod
     def _public(message: dict) -> dict:
-        return {k: v for k, v in message.items() if not k.startswith("_") and k != "status_callback"}
+        return {
+            k: v for k, v in message.items() if not k.startswith("_") and k != "status_callback"
+        }
 
     def _list(self, path: str, query: dict) -> dict:
         page_size = max(1, min(int(query.get("PageSize") or 50), 1000))

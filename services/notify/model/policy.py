@@ -82,19 +82,18 @@ def _appointment_context(data: dict) -> dict[str, Any]:
     }
 
 
-def _appointment_messages(
-    kind: str, data: dict, now: datetime, context: dict[str, Any]
-) -> list[PlannedMessage]:
-    """A message sent at once about an appointment, unless the appointment has begun.
+def _has_begun(context: dict[str, Any], now: datetime) -> bool:
+    """Whether the appointment has started, so telling the patient about it is too late.
 
     An event handled after the start (a backlog after an outage) would ask the patient to
-    confirm, or tell them of a change, too late to matter; staff deal with it in person.
+    confirm, or tell them of a change, when it no longer matters; staff deal with it in person.
     """
-    now = as_utc(now)
-    if context["starts_at"] <= now:
-        return []
-    return _plan(kind, data["appointment_id"], channels_for(data["contact"]), now, data, context)
+    return context["starts_at"] <= as_utc(now)
 
+
+def _at_once(kind: str, data: dict, now: datetime, context: dict[str, Any]) -> list[PlannedMessage]:
+    channels = channels_for(data["contact"])
+    return _plan(kind, data["appointment_id"], channels, as_utc(now), data, context)
 
 def _reminders(
     data: dict,
@@ -122,9 +121,9 @@ def plan_booked(
     """A confirmation at once (the patient just booked, so quiet hours do not hold it back)
     and the reminders, on every channel the patient agreed to."""
     context = _appointment_context(data)
-    confirmation = _appointment_messages("confirmation", data, now, context)
-    if not confirmation:
+    if _has_begun(context, now):
         return []
+    confirmation = _at_once("confirmation", data, now, context)
     return confirmation + _reminders(data, now, offsets, quiet, tz, context)
 
 
@@ -145,9 +144,9 @@ def plan_rescheduled(
         **_appointment_context(data),
         "previous_starts_at": as_utc(previous) if previous else None,
     }
-    notice = _appointment_messages("rescheduled", data, now, context)
-    if not notice:
+    if _has_begun(context, now):
         return []
+    notice = _at_once("rescheduled", data, now, context)
     return notice + _reminders(data, now, offsets, quiet, tz, context)
 
 
@@ -163,7 +162,9 @@ def plan_cancelled(data: dict, now: datetime) -> list[PlannedMessage]:
         "reason": data.get("reason"),
         "cancelled_by": data.get("cancelled_by") or "reception",
     }
-    return _appointment_messages("cancelled", data, now, context)
+    if _has_begun(context, now):
+        return []
+    return _at_once("cancelled", data, now, context)
 
 
 def plan_form_sent(
@@ -219,6 +220,7 @@ def plan_missed_call(
     if data.get("patient_id") is None:
         return []
     now = as_utc(now)
-    if not missed_call_text_allowed(now, last_sent_to_patient):
+    last = as_utc(last_sent_to_patient) if last_sent_to_patient else None
+    if not missed_call_text_allowed(now, last):
         return []
     return _plan("missed_call", data["call_id"], [("sms", data["phone"])], now, data, {})

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 _OFFSET = re.compile(r"(\d+)([mhd])")
-_CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 ONE_MINUTE = timedelta(minutes=1)
 
 

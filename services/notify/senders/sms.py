@@ -5,15 +5,16 @@ TWILIO_API_BASE_URL is honoured by an HTTP client that rewrites every request's 
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -102,8 +103,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _never_reached(error: requests.RequestException) -> bool:
@@ -114,6 +115,25 @@ def _never_reached(error: requests.RequestException) -> bool:
         reason = getattr(error.args[0], "reason", None) if error.args else None
         return isinstance(reason, NewConnectionError)
     return False
+
+
+def _status_and_code(error: TwilioException) -> tuple[int | None, int | None]:
+    """HTTP status and Twilio error code of an SDK exception.
+
+    Creates raise TwilioRestException (or the RFC 9457 TwilioServiceException) with both;
+    a list page that fails raises a bare TwilioException carrying the response.
+    """
+    status = getattr(error, "status", None)
+    if status is not None:
+        return int(status), getattr(error, "code", None)
+    response = next((arg for arg in error.args if isinstance(arg, Response)), None)
+    if response is None:
+        return None, None
+    try:
+        code = json.loads(response.text).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return response.status_code, code
 
 
 TWILIO_REFUSALS = {
@@ -174,7 +194,7 @@ class TwilioSms:
             sender["status_callback"] = status_callback
         try:
             message = self.client.messages.create(to=to, body=body, **sender)
-        except (TwilioRestException, TwilioServiceException) as error:
+        except TwilioException as error:
             raise self._classify(error, creating=True) from error
         except requests.RequestException as error:
             raise TransientSendError(
@@ -193,13 +213,13 @@ class TwilioSms:
         """
         if sent_after.tzinfo is None:
             raise ValueError("find_sent needs an aware datetime")
-        since = sent_after.astimezone(timezone.utc).replace(microsecond=0) - self.CLOCK_SKEW
+        since = sent_after.astimezone(UTC).replace(microsecond=0) - self.CLOCK_SKEW
         try:
             found = self.client.messages.list(
                 to=to, date_sent_after=since.date().isoformat(), limit=self.RECENT
             )
             found += self.client.messages.list(to=to, limit=self.RECENT)
-        except (TwilioRestException, TwilioServiceException) as error:
+        except TwilioException as error:
             raise self._classify(error, creating=False) from error
         except requests.RequestException as error:
             raise TransientSendError(
@@ -216,9 +236,12 @@ class TwilioSms:
         return min(matches, key=lambda sid: (matches[sid], sid)) if matches else None
 
     def _classify(
-        self, error: TwilioRestException | TwilioServiceException, creating: bool
+        self, error: TwilioException, creating: bool
     ) -> PermanentSendError | TransientSendError:
-        status, code = error.status, error.code
+        status, code = _status_and_code(error)
+        if status is None:
+            # Raised by the SDK before any request (missing credentials...): settings, not load.
+            return PermanentSendError(f"Twilio client error: {type(error).__name__}")
         if status == 429:
             # Twilio: a 429 was never processed, so it is always safe to retry.
             return TransientSendError(

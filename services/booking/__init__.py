@@ -1,0 +1,1 @@
+"""Booking: patients, clinicians' hours, appointments and the follow-ups they lead to."""

@@ -1,0 +1,252 @@
+"""Booking's HTTP API: parse with schemas, call a use case, answer JSON. No SQL here."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.views import MethodView
+from flask_smorest import Blueprint as ApiBlueprint
+from twilio.request_validator import RequestValidator
+
+from services.booking import service
+from services.booking.schemas import (
+    AppointmentIn, AppointmentOut, AppointmentsQuery, AvailabilityOut, AvailabilityQuery,
+    CancelIn, ClinicianIn, ClinicianOut, PatientIn, PatientOut, PatientQuery, PhoneCallIn,
+    RescheduleIn, TreatmentOut,
+)
+from shared.errors import NotFound
+from shared.web import json_error, protect, require_role
+
+api = ApiBlueprint("booking", __name__, url_prefix="/api/v1",
+                   description="Patients, clinicians, treatments, availability, appointments")
+protect(api)
+
+IDEMPOTENCY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": False,
+                      "schema": {"type": "string", "maxLength": 200},
+                      "description": "Same key, same answer: a retried create makes no second row"}
+SECURED = {"security": [{"bearerAuth": []}]}
+
+
+def _context():
+    return current_app.extensions["clinic"]
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    return key[:200] or None
+
+
+@api.route("/patients")
+class Patients(MethodView):
+    @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
+    @api.arguments(PatientIn)
+    @api.response(201, PatientOut)
+    def post(self, fields):
+        """Register a patient (reception records name, date of birth, address and GP)."""
+        ctx = _context()
+        return service.register_patient(ctx.uow(), fields, ctx.tz, _idempotency_key())
+
+    @api.doc(**SECURED)
+    @api.arguments(PatientQuery, location="query")
+    @api.response(200, PatientOut(many=True))
+    def get(self, query):
+        """Find patients by phone number (as the phone system or reception knows it)."""
+        uow = _context().uow()
+        with uow:
+            return uow.patients.with_phone(query["phone"])
+
+
+@api.route("/patients/<uuid:patient_id>")
+class PatientById(MethodView):
+    @api.doc(**SECURED)
+    @api.response(200, PatientOut)
+    def get(self, patient_id: uuid.UUID):
+        uow = _context().uow()
+        with uow:
+            patient = uow.patients.get(patient_id)
+        if patient is None:
+            raise NotFound("No such patient")
+        return patient
+
+
+@api.route("/clinicians")
+class Clinicians(MethodView):
+    @api.doc(**SECURED)
+    @api.response(200, ClinicianOut(many=True))
+    def get(self):
+        uow = _context().uow()
+        with uow:
+            return uow.clinicians.list()
+
+    @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
+    @api.arguments(ClinicianIn)
+    @api.response(201, ClinicianOut)
+    def post(self, fields):
+        """Add a clinician with weekly working hours in clinic time (admin only)."""
+        require_role("admin")
+        return service.add_clinician(_context().uow(), fields["name"], fields["working_hours"],
+                                     _idempotency_key())
+
+
+@api.route("/treatments")
+class Treatments(MethodView):
+    @api.doc(**SECURED)
+    @api.response(200, TreatmentOut(many=True))
+    def get(self):
+        uow = _context().uow()
+        with uow:
+            return uow.treatments.list()
+
+
+@api.route("/availability")
+class Availability(MethodView):
+    @api.doc(**SECURED)
+    @api.arguments(AvailabilityQuery, location="query")
+    @api.response(200, AvailabilityOut)
+    def get(self, query):
+        """Free slots for a clinician and treatment on a clinic-local date."""
+        ctx = _context()
+        slots = service.free_slots(ctx.uow(), query["clinician_id"], query["treatment_code"],
+                                   query["date"], ctx.tz)
+        return {**query, "timezone": ctx.tz.key, "slots": slots}
+
+
+@api.route("/appointments")
+class Appointments(MethodView):
+    @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
+    @api.arguments(AppointmentIn)
+    @api.response(201, AppointmentOut)
+    @api.alt_response(409, description="The slot is taken")
+    def post(self, fields):
+        ctx = _context()
+        appointment = service.book_appointment(
+            ctx.uow(), fields["patient_id"], fields["clinician_id"], fields["treatment_code"],
+            fields["starts_at"], ctx.tz, _idempotency_key())
+        return service.appointment_view(ctx.uow(), appointment.id)
+
+    @api.doc(**SECURED)
+    @api.arguments(AppointmentsQuery, location="query")
+    @api.response(200, AppointmentOut(many=True))
+    def get(self, query):
+        """The day's appointments in clinic time, optionally for one clinician."""
+        ctx = _context()
+        return service.day_list(ctx.uow(), query["date"], ctx.tz, query["clinician_id"])
+
+
+@api.route("/appointments/<uuid:appointment_id>")
+class AppointmentById(MethodView):
+    @api.doc(**SECURED)
+    @api.response(200, AppointmentOut)
+    def get(self, appointment_id: uuid.UUID):
+        return service.appointment_view(_context().uow(), appointment_id)
+
+
+def _changed(appointment_id: uuid.UUID):
+    return service.appointment_view(_context().uow(), appointment_id)
+
+
+@api.route("/appointments/<uuid:appointment_id>/reschedule", methods=["POST"])
+@api.doc(**SECURED)
+@api.arguments(RescheduleIn)
+@api.response(200, AppointmentOut)
+def reschedule(fields, appointment_id: uuid.UUID):
+    ctx = _context()
+    service.reschedule_appointment(ctx.uow(), appointment_id, fields["starts_at"], ctx.tz,
+                                   fields["clinician_id"])
+    return _changed(appointment_id)
+
+
+@api.route("/appointments/<uuid:appointment_id>/cancel", methods=["POST"])
+@api.doc(**SECURED)
+@api.arguments(CancelIn)
+@api.response(200, AppointmentOut)
+def cancel(fields, appointment_id: uuid.UUID):
+    service.cancel_appointment(_context().uow(), appointment_id, fields["reason"], "reception")
+    return _changed(appointment_id)
+
+
+@api.route("/appointments/<uuid:appointment_id>/attended", methods=["POST"])
+@api.doc(**SECURED)
+@api.response(200, AppointmentOut)
+def attended(appointment_id: uuid.UUID):
+    ctx = _context()
+    service.mark_attended(ctx.uow(), appointment_id, ctx.tz)
+    return _changed(appointment_id)
+
+
+@api.route("/appointments/<uuid:appointment_id>/no-show", methods=["POST"])
+@api.doc(**SECURED)
+@api.response(200, AppointmentOut)
+def no_show(appointment_id: uuid.UUID):
+    service.mark_no_show(_context().uow(), appointment_id)
+    return _changed(appointment_id)
+
+
+# --- Webhooks: public URLs, authenticated by signature instead of a staff token -------------
+
+webhooks = Blueprint("booking_webhooks", __name__)
+SIGNATURE_TOLERANCE = 300
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    ok: bool
+    reason: str = ""
+
+
+def check_phone_signature(header: str, body: bytes, secret: str, now: float) -> SignatureCheck:
+    """`t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, refused when older than 5 minutes so
+    a captured request cannot be replayed later."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    if "t" not in parts or "v1" not in parts:
+        return SignatureCheck(False, "missing signature")
+    try:
+        stamp = int(parts["t"])
+    except ValueError:
+        return SignatureCheck(False, "bad timestamp")
+    if abs(now - stamp) > SIGNATURE_TOLERANCE:
+        return SignatureCheck(False, "signature expired")
+    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, parts["v1"].strip()):
+        return SignatureCheck(False, "signature mismatch")
+    return SignatureCheck(True)
+
+
+@webhooks.post("/webhooks/phone")
+def phone_webhook():
+    ctx = _context()
+    header = request.headers.get("X-Clinic-Signature", "")
+    if not header:
+        return json_error(401, "unauthorized", "X-Clinic-Signature required")
+    check = check_phone_signature(header, request.get_data(), ctx.config.phone_webhook_secret,
+                                  time.time())
+    if not check.ok:
+        return json_error(403, "forbidden", check.reason)
+    call = PhoneCallIn().load(request.get_json(silent=True) or {})
+    call["from"] = call.pop("from_")
+    new = service.record_phone_call(ctx.uow(), call)
+    return jsonify({"status": "recorded" if new else "duplicate"}), 200
+
+
+@webhooks.post("/webhooks/twilio/voice")
+def twilio_voice_webhook():
+    """Twilio Voice status callbacks: an inbound call nobody answered is a missed call."""
+    ctx = _context()
+    token = ctx.config.twilio_auth_token
+    url = ctx.config.public_base_url_booking.rstrip("/") + request.path
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not token or not RequestValidator(token).validate(url, request.form, signature):
+        return json_error(403, "forbidden", "invalid Twilio signature")
+    status = request.form.get("CallStatus", "")
+    if status in ("no-answer", "busy", "failed") and request.form.get("CallSid"):
+        service.record_phone_call(ctx.uow(), {
+            "event": "call.missed", "call_id": request.form["CallSid"],
+            "from": request.form.get("From", ""), "to": request.form.get("To", ""),
+            "at": datetime.now(timezone.utc),
+        })
+    return ("<Response/>", 200, {"Content-Type": "text/xml"})

@@ -1,0 +1,345 @@
+"""Booking's tables, repositories and unit of work.
+
+The database, not Python, is what guarantees no double booking: on PostgreSQL an exclusion
+constraint over each clinician's time range (added by the migration, as SQLite has no such
+thing); SQLite, the single-process embedded default, serialises writers instead.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from services.booking.model import Appointment, Clinician, FollowUpPlan, Treatment, WorkingHours
+from services.booking.model.records import Address, GeneralPractitioner, Patient
+from shared.clock import Clock
+from shared.db import (
+    UnitOfWork, UTCDateTime, add_shared_tables, insert_ignoring_duplicates, outbox_channel,
+)
+
+metadata = sa.MetaData()
+shared_tables = add_shared_tables(metadata)
+
+patients = sa.Table(
+    "patients", metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("given_name", sa.String(100), nullable=False),
+    sa.Column("family_name", sa.String(100), nullable=False),
+    sa.Column("date_of_birth", sa.Date, nullable=False),
+    sa.Column("phone", sa.String(20), nullable=False, index=True),
+    sa.Column("email", sa.String(254), nullable=True),
+    sa.Column("address", sa.JSON, nullable=False),
+    sa.Column("gp", sa.JSON, nullable=True),
+    sa.Column("consent_sms", sa.Boolean, nullable=False),
+    sa.Column("consent_email", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+clinicians = sa.Table(
+    "clinicians", metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("working_hours", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+treatments = sa.Table(
+    "treatments", metadata,
+    sa.Column("code", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("duration_minutes", sa.Integer, nullable=False),
+    sa.Column("requires_consent", sa.Boolean, nullable=False),
+    sa.Column("followup_kind", sa.String(40), nullable=True),
+    sa.Column("followup_days", sa.Integer, nullable=True),
+    sa.Column("followup_local_time", sa.String(5), nullable=True),
+)
+
+appointments = sa.Table(
+    "appointments", metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("patient_id", sa.Uuid, sa.ForeignKey("patients.id"), nullable=False, index=True),
+    sa.Column("clinician_id", sa.Uuid, sa.ForeignKey("clinicians.id"), nullable=False),
+    sa.Column("treatment_code", sa.String(40), sa.ForeignKey("treatments.code"),
+              nullable=False),
+    sa.Column("starts_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("confirmed", sa.Boolean, nullable=False, default=False),
+    sa.Column("cancel_reason", sa.String(500), nullable=True),
+    sa.Column("cancelled_by", sa.String(20), nullable=True),
+    sa.Column("intake_form_status", sa.String(30), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("ends_at > starts_at", name="appointment_has_duration"),
+    sa.Index("appointments_clinician_time", "clinician_id", "starts_at"),
+    sa.Index("appointments_starts_at", "starts_at"),
+)
+
+followups = sa.Table(
+    "followups", metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("appointment_id", sa.Uuid, sa.ForeignKey("appointments.id"), nullable=False),
+    sa.Column("patient_id", sa.Uuid, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("appointment_id", "kind", name="one_followup_per_kind"),
+)
+
+staff_users = sa.Table(
+    "staff_users", metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+phone_calls = sa.Table(
+    "phone_calls", metadata,
+    sa.Column("call_id", sa.String(100), primary_key=True),
+    sa.Column("event", sa.String(30), primary_key=True),
+    sa.Column("patient_id", sa.Uuid, nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+ACTIVE_STATUSES = ("booked", "attended")  # statuses that hold the clinician's time
+
+
+class PatientRepository:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def add(self, patient: Patient) -> None:
+        self._c.execute(patients.insert().values(
+            id=patient.id, given_name=patient.given_name, family_name=patient.family_name,
+            date_of_birth=patient.date_of_birth, phone=patient.phone, email=patient.email,
+            address=vars(patient.address), gp=vars(patient.gp) if patient.gp else None,
+            consent_sms=patient.consent_sms, consent_email=patient.consent_email,
+            created_at=self._clock.now(),
+        ))
+
+    def get(self, patient_id: uuid.UUID) -> Patient | None:
+        row = self._c.execute(sa.select(patients).where(patients.c.id == patient_id)).first()
+        return _patient(row) if row else None
+
+    def with_phone(self, phone: str) -> list[Patient]:
+        rows = self._c.execute(sa.select(patients).where(patients.c.phone == phone)
+                               .order_by(patients.c.created_at)).all()
+        return [_patient(row) for row in rows]
+
+
+def _patient(row) -> Patient:
+    return Patient(
+        id=row.id, given_name=row.given_name, family_name=row.family_name,
+        date_of_birth=row.date_of_birth, phone=row.phone, email=row.email,
+        address=Address(**row.address), gp=GeneralPractitioner(**row.gp) if row.gp else None,
+        consent_sms=row.consent_sms, consent_email=row.consent_email,
+    )
+
+
+class ClinicianRepository:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def add(self, clinician: Clinician) -> None:
+        self._c.execute(clinicians.insert().values(
+            id=clinician.id, name=clinician.name,
+            working_hours=[_hours_json(h) for h in clinician.working_hours],
+            created_at=self._clock.now(),
+        ))
+
+    def save(self, clinician: Clinician) -> None:
+        """Insert or refresh (the demo seed runs on every `make run`)."""
+        if self.get(clinician.id) is None:
+            self.add(clinician)
+        else:
+            self._c.execute(clinicians.update().where(clinicians.c.id == clinician.id).values(
+                name=clinician.name,
+                working_hours=[_hours_json(h) for h in clinician.working_hours]))
+
+    def get(self, clinician_id: uuid.UUID) -> Clinician | None:
+        row = self._c.execute(
+            sa.select(clinicians).where(clinicians.c.id == clinician_id)).first()
+        return _clinician(row) if row else None
+
+    def list(self) -> list[Clinician]:
+        return [_clinician(r) for r in self._c.execute(
+            sa.select(clinicians).order_by(clinicians.c.name)).all()]
+
+
+def _hours_json(hours: WorkingHours) -> dict:
+    return {"weekday": hours.weekday, "start": hours.start.strftime("%H:%M"),
+            "end": hours.end.strftime("%H:%M")}
+
+
+def _clinician(row) -> Clinician:
+    return Clinician(id=row.id, name=row.name, working_hours=[
+        WorkingHours(h["weekday"], time.fromisoformat(h["start"]), time.fromisoformat(h["end"]))
+        for h in row.working_hours])
+
+
+class TreatmentRepository:
+    def __init__(self, connection: Connection):
+        self._c = connection
+
+    def save(self, treatment: Treatment) -> None:
+        plan = treatment.followup
+        values = dict(
+            name=treatment.name, duration_minutes=treatment.duration_minutes,
+            requires_consent=treatment.requires_consent,
+            followup_kind=plan.kind if plan else None,
+            followup_days=plan.days_after if plan else None,
+            followup_local_time=plan.local_time.strftime("%H:%M") if plan else None,
+        )
+        if self.get(treatment.code) is None:
+            self._c.execute(treatments.insert().values(code=treatment.code, **values))
+        else:
+            self._c.execute(treatments.update().where(treatments.c.code == treatment.code)
+                            .values(**values))
+
+    def get(self, code: str) -> Treatment | None:
+        row = self._c.execute(sa.select(treatments).where(treatments.c.code == code)).first()
+        return _treatment(row) if row else None
+
+    def list(self) -> list[Treatment]:
+        return [_treatment(r) for r in self._c.execute(
+            sa.select(treatments).order_by(treatments.c.name)).all()]
+
+
+def _treatment(row) -> Treatment:
+    plan = None
+    if row.followup_kind:
+        plan = FollowUpPlan(row.followup_kind, row.followup_days,
+                            time.fromisoformat(row.followup_local_time))
+    return Treatment(code=row.code, name=row.name, duration_minutes=row.duration_minutes,
+                     requires_consent=row.requires_consent, followup=plan)
+
+
+class AppointmentRepository:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def add(self, appointment: Appointment, intake_form_status: str) -> None:
+        now = self._clock.now()
+        self._c.execute(appointments.insert().values(
+            **_appointment_values(appointment), intake_form_status=intake_form_status,
+            created_at=now, updated_at=now,
+        ))
+
+    def update(self, appointment: Appointment) -> None:
+        self._c.execute(appointments.update().where(appointments.c.id == appointment.id)
+                        .values(**_appointment_values(appointment),
+                                updated_at=self._clock.now()))
+
+    def set_intake_form_status(self, appointment_id: uuid.UUID, status: str) -> bool:
+        return self._c.execute(
+            appointments.update().where(appointments.c.id == appointment_id)
+            .values(intake_form_status=status, updated_at=self._clock.now())
+        ).rowcount == 1
+
+    def get(self, appointment_id: uuid.UUID, *, for_update: bool = False) -> Appointment | None:
+        statement = sa.select(appointments).where(appointments.c.id == appointment_id)
+        if for_update:
+            statement = statement.with_for_update()
+        row = self._c.execute(statement).first()
+        return _appointment(row) if row else None
+
+    def view(self, appointment_id: uuid.UUID):
+        """The row as reception sees it, with the intake form's state."""
+        return self._c.execute(
+            sa.select(appointments).where(appointments.c.id == appointment_id)).first()
+
+    def between(self, start: datetime, end: datetime, clinician_id: uuid.UUID | None = None):
+        statement = (sa.select(appointments)
+                     .where(appointments.c.starts_at < end, appointments.c.ends_at > start)
+                     .order_by(appointments.c.starts_at))
+        if clinician_id:
+            statement = statement.where(appointments.c.clinician_id == clinician_id)
+        return self._c.execute(statement).all()
+
+    def taken(self, clinician_id: uuid.UUID, start: datetime, end: datetime,
+              excluding: uuid.UUID | None = None) -> list[tuple[datetime, datetime]]:
+        statement = sa.select(appointments.c.starts_at, appointments.c.ends_at).where(
+            appointments.c.clinician_id == clinician_id,
+            appointments.c.status.in_(ACTIVE_STATUSES),
+            appointments.c.starts_at < end, appointments.c.ends_at > start,
+        )
+        if excluding:
+            statement = statement.where(appointments.c.id != excluding)
+        return [(r.starts_at, r.ends_at) for r in self._c.execute(statement).all()]
+
+    def for_patient(self, patient_id: uuid.UUID) -> list[Appointment]:
+        rows = self._c.execute(sa.select(appointments).where(
+            appointments.c.patient_id == patient_id).order_by(appointments.c.starts_at)).all()
+        return [_appointment(r) for r in rows]
+
+    def has_any(self, patient_id: uuid.UUID) -> bool:
+        return self._c.execute(sa.select(appointments.c.id).where(
+            appointments.c.patient_id == patient_id).limit(1)).first() is not None
+
+
+def _appointment_values(a: Appointment) -> dict:
+    return dict(id=a.id, patient_id=a.patient_id, clinician_id=a.clinician_id,
+                treatment_code=a.treatment_code, starts_at=a.starts_at, ends_at=a.ends_at,
+                status=a.status, confirmed=a.confirmed, cancel_reason=a.cancel_reason,
+                cancelled_by=a.cancelled_by)
+
+
+def _appointment(row) -> Appointment:
+    return Appointment(id=row.id, patient_id=row.patient_id, clinician_id=row.clinician_id,
+                       treatment_code=row.treatment_code, starts_at=row.starts_at,
+                       ends_at=row.ends_at, status=row.status, confirmed=row.confirmed,
+                       cancel_reason=row.cancel_reason, cancelled_by=row.cancelled_by)
+
+
+class FollowUpRepository:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def add(self, appointment_id: uuid.UUID, patient_id: uuid.UUID, kind: str,
+            due_at: datetime) -> uuid.UUID | None:
+        """None when this appointment already has a follow-up of this kind."""
+        exists = self._c.execute(sa.select(followups.c.id).where(
+            followups.c.appointment_id == appointment_id, followups.c.kind == kind)).first()
+        if exists:
+            return None
+        followup_id = uuid.uuid4()
+        insert_ignoring_duplicates(self._c, followups, dict(
+            id=followup_id, appointment_id=appointment_id, patient_id=patient_id, kind=kind,
+            due_at=due_at, created_at=self._clock.now()))
+        return followup_id
+
+
+class PhoneCallRepository:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def record(self, call_id: str, event: str, patient_id: uuid.UUID | None,
+               at: datetime) -> bool:
+        """False when the phone system sent this call event before (webhooks are retried)."""
+        return insert_ignoring_duplicates(self._c, phone_calls, dict(
+            call_id=call_id, event=event, patient_id=patient_id, at=at))
+
+
+class BookingUnitOfWork(UnitOfWork):
+    def __init__(self, engine: sa.Engine, clock: Clock):
+        super().__init__(engine, shared_tables, clock, outbox_channel("booking"))
+
+    def _open(self, connection: Connection) -> None:
+        self.patients = PatientRepository(connection, self.clock)
+        self.clinicians = ClinicianRepository(connection, self.clock)
+        self.treatments = TreatmentRepository(connection)
+        self.appointments = AppointmentRepository(connection, self.clock)
+        self.followups = FollowUpRepository(connection, self.clock)
+        self.calls = PhoneCallRepository(connection, self.clock)
+
+
+def local_day_bounds(day: date, tz) -> tuple[datetime, datetime]:
+    """The UTC instants at which a clinic-local day starts and ends (23 or 25 hours long
+    on the days the clocks change)."""
+    start = datetime.combine(day, time(0), tz).astimezone(timezone.utc)
+    end = datetime.combine(day + timedelta(days=1), time(0), tz).astimezone(timezone.utc)
+    return start, end

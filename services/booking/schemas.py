@@ -1,0 +1,211 @@
+"""Request and response shapes of booking's API (marshmallow 4; unknown fields refused)."""
+from __future__ import annotations
+
+from datetime import timezone
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate
+
+from services.booking.model import normalise_phone, normalise_postcode
+
+HHMM = validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$", error="time must be HH:MM (24-hour)")
+
+
+class Phone(fields.String):
+    """A UK (or international) phone number, stored as E.164."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return normalise_phone(raw)
+        except ValueError as error:
+            raise ValidationError(str(error)) from error
+
+
+class Postcode(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        raw = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return normalise_postcode(raw)
+        except ValueError as error:
+            raise ValidationError(str(error)) from error
+
+
+class ClinicTime(fields.DateTime):
+    """Instants are stored in UTC and shown in clinic time, with the offset, so a reader never
+    has to know which side of a clock change a date falls."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format="iso", **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        tz = current_app.extensions["clinic"].tz
+        return value.astimezone(tz).isoformat()
+
+
+class Requesting(Schema):
+    """Input schemas: strings trimmed of nothing, unknown fields refused (marshmallow's RAISE)."""
+
+
+class AddressIn(Requesting):
+    line1 = fields.String(required=True, validate=validate.Length(1, 200))
+    line2 = fields.String(load_default=None, allow_none=True, validate=validate.Length(0, 200))
+    city = fields.String(required=True, validate=validate.Length(1, 100))
+    postcode = Postcode(required=True)
+
+
+class GeneralPractitionerIn(Requesting):
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    practice = fields.String(required=True, validate=validate.Length(1, 200))
+    address = fields.String(required=True, validate=validate.Length(1, 300))
+    phone = Phone(required=True)
+
+
+class ConsentIn(Requesting):
+    sms = fields.Boolean(required=True, truthy={True}, falsy={False})
+    email = fields.Boolean(required=True, truthy={True}, falsy={False})
+
+
+class PatientIn(Requesting):
+    given_name = fields.String(required=True, validate=validate.Length(1, 100))
+    family_name = fields.String(required=True, validate=validate.Length(1, 100))
+    date_of_birth = fields.Date(required=True)
+    phone = Phone(required=True)
+    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(0, 254))
+    address = fields.Nested(AddressIn, required=True)
+    gp = fields.Nested(GeneralPractitionerIn, load_default=None, allow_none=True)
+    consent = fields.Nested(ConsentIn, required=True)
+
+
+class AddressOut(Schema):
+    line1 = fields.String()
+    line2 = fields.String(allow_none=True)
+    city = fields.String()
+    postcode = fields.String()
+
+
+class GeneralPractitionerOut(Schema):
+    name = fields.String()
+    practice = fields.String()
+    address = fields.String()
+    phone = fields.String()
+
+
+class PatientOut(Schema):
+    id = fields.UUID()
+    given_name = fields.String()
+    family_name = fields.String()
+    date_of_birth = fields.Date()
+    phone = fields.String()
+    email = fields.String(allow_none=True)
+    address = fields.Nested(AddressOut)
+    gp = fields.Nested(GeneralPractitionerOut, allow_none=True)
+    consent = fields.Function(lambda p: {"sms": p.consent_sms, "email": p.consent_email})
+
+
+class PatientQuery(Requesting):
+    phone = Phone(required=True)
+
+
+class WorkingHoursIn(Requesting):
+    weekday = fields.Integer(required=True, strict=True, validate=validate.Range(0, 6))
+    start = fields.String(required=True, validate=HHMM)
+    end = fields.String(required=True, validate=HHMM)
+
+
+class ClinicianIn(Requesting):
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    working_hours = fields.List(fields.Nested(WorkingHoursIn), required=True,
+                                validate=validate.Length(1, 50))
+
+
+class WorkingHoursOut(Schema):
+    weekday = fields.Integer()
+    start = fields.Time(format="%H:%M")
+    end = fields.Time(format="%H:%M")
+
+
+class ClinicianOut(Schema):
+    id = fields.UUID()
+    name = fields.String()
+    working_hours = fields.List(fields.Nested(WorkingHoursOut))
+
+
+class FollowUpPlanOut(Schema):
+    kind = fields.String()
+    days_after = fields.Integer()
+
+
+class TreatmentOut(Schema):
+    code = fields.String()
+    name = fields.String()
+    duration_minutes = fields.Integer()
+    requires_consent = fields.Boolean()
+    followup = fields.Nested(FollowUpPlanOut, allow_none=True)
+
+
+class AvailabilityQuery(Requesting):
+    clinician_id = fields.UUID(required=True)
+    treatment_code = fields.String(required=True, validate=validate.Length(1, 40))
+    date = fields.Date(required=True)
+
+
+class SlotOut(Schema):
+    starts_at = ClinicTime()
+    ends_at = ClinicTime()
+
+
+class AvailabilityOut(Schema):
+    clinician_id = fields.UUID()
+    treatment_code = fields.String()
+    date = fields.Date()
+    timezone = fields.String()
+    slots = fields.List(fields.Nested(SlotOut))
+
+
+class AppointmentIn(Requesting):
+    patient_id = fields.UUID(required=True)
+    clinician_id = fields.UUID(required=True)
+    treatment_code = fields.String(required=True, validate=validate.Length(1, 40))
+    starts_at = fields.AwareDateTime(required=True, format="iso")
+
+
+class RescheduleIn(Requesting):
+    starts_at = fields.AwareDateTime(required=True, format="iso")
+    clinician_id = fields.UUID(load_default=None, allow_none=True)
+
+
+class CancelIn(Requesting):
+    reason = fields.String(load_default="Cancelled by reception",
+                           validate=validate.Length(1, 500))
+
+
+class AppointmentOut(Schema):
+    id = fields.UUID()
+    patient_id = fields.UUID()
+    clinician_id = fields.UUID()
+    treatment_code = fields.String()
+    starts_at = ClinicTime()
+    ends_at = ClinicTime()
+    status = fields.String()
+    confirmed = fields.Boolean()
+    intake_form_status = fields.String()
+    cancel_reason = fields.String(allow_none=True)
+    cancelled_by = fields.String(allow_none=True)
+
+
+class AppointmentsQuery(Requesting):
+    date = fields.Date(required=True)
+    clinician_id = fields.UUID(load_default=None)
+
+
+class PhoneCallIn(Requesting):
+    event = fields.String(required=True,
+                          validate=validate.OneOf(["call.missed", "call.started", "call.ended"]))
+    call_id = fields.String(required=True, validate=validate.Length(1, 100))
+    # `from` is a Python keyword: data_key keeps the wire name.
+    from_ = fields.String(data_key="from", required=True, validate=validate.Length(1, 40))
+    to = fields.String(required=True, validate=validate.Length(1, 40))
+    at = fields.AwareDateTime(required=True, format="iso", default_timezone=timezone.utc)

@@ -1,0 +1,340 @@
+"""Booking's use cases: each runs in one unit of work and adds its event to the outbox there,
+so the change and its announcement commit together or not at all."""
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from services.booking import model
+from services.booking.db import BookingUnitOfWork, local_day_bounds
+from services.booking.model import Appointment, Clinician, Slot
+from services.booking.model.records import Patient
+from shared.db import request_fingerprint
+from shared.errors import Conflict, Invalid, NotFound
+from shared.events import new_event
+
+SOURCE = "/booking"
+
+
+def _replayed_id(uow: BookingUnitOfWork, scope: str, key: str | None, request: Any):
+    if not key:
+        return None
+    replay = uow.idempotency.claim(scope, key, request_fingerprint(request))
+    return uuid.UUID(replay.body["id"]) if replay else None
+
+
+def _remember(uow: BookingUnitOfWork, scope: str, key: str | None, created_id) -> None:
+    if key:
+        uow.idempotency.record(scope, key, 201, {"id": str(created_id)})
+
+
+def register_patient(uow: BookingUnitOfWork, fields: dict, tz: ZoneInfo,
+                     key: str | None = None) -> Patient:
+    try:
+        model.check_date_of_birth(fields["date_of_birth"], uow.clock.now().astimezone(tz).date())
+    except ValueError as error:
+        raise Invalid("Invalid date of birth", {"date_of_birth": [str(error)]}) from error
+    with uow:
+        existing = _replayed_id(uow, "patients", key, fields)
+        if existing:
+            return uow.patients.get(existing)
+        patient = Patient.from_fields(uuid.uuid4(), fields)
+        uow.patients.add(patient)
+        _remember(uow, "patients", key, patient.id)
+        uow.commit()
+    return patient
+
+
+def add_clinician(uow: BookingUnitOfWork, name: str, working_hours: list[dict],
+                  key: str | None = None) -> Clinician:
+    request = {"name": name, "working_hours": working_hours}
+    with uow:
+        existing = _replayed_id(uow, "clinicians", key, request)
+        if existing:
+            return uow.clinicians.get(existing)
+        clinician = Clinician(uuid.uuid4(), name, model.parse_working_hours(working_hours))
+        uow.clinicians.add(clinician)
+        _remember(uow, "clinicians", key, clinician.id)
+        uow.commit()
+    return clinician
+
+
+def free_slots(uow: BookingUnitOfWork, clinician_id: uuid.UUID, treatment_code: str,
+               day: date, tz: ZoneInfo) -> list[Slot]:
+    with uow:
+        clinician = _clinician(uow, clinician_id)
+        treatment = _treatment(uow, treatment_code)
+        start, end = local_day_bounds(day, tz)
+        taken = uow.appointments.taken(clinician_id, start, end)
+    return model.free_slots(clinician, treatment, day, tz, taken, uow.clock.now())
+
+
+def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id: uuid.UUID,
+                     treatment_code: str, starts_at: datetime, tz: ZoneInfo,
+                     key: str | None = None) -> Appointment:
+    request = {"patient_id": patient_id, "clinician_id": clinician_id,
+               "treatment_code": treatment_code, "starts_at": starts_at.isoformat()}
+    with uow:
+        existing = _replayed_id(uow, "appointments", key, request)
+        if existing:
+            return uow.appointments.get(existing)
+        patient = uow.patients.get(patient_id)
+        errors = {}
+        if patient is None:
+            errors["patient_id"] = ["no such patient"]
+        clinician = uow.clinicians.get(clinician_id)
+        if clinician is None:
+            errors["clinician_id"] = ["no such clinician"]
+        treatment = uow.treatments.get(treatment_code)
+        if treatment is None:
+            errors["treatment_code"] = ["no such treatment"]
+        if errors:
+            raise Invalid("Unknown patient, clinician or treatment", errors)
+        slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
+        _ensure_free(uow, clinician_id, slot)
+        first = not uow.appointments.has_any(patient_id)
+        appointment = Appointment(uuid.uuid4(), patient_id, clinician_id, treatment_code,
+                                  slot.starts_at, slot.ends_at)
+        needs_form = first or treatment.requires_consent
+        _insert(uow, appointment, "sent" if needs_form else "not_required")
+        uow.outbox.add(_appointment_event(
+            uow, "booking.appointment.booked", appointment, patient, clinician, treatment,
+            first_appointment=first))
+        _remember(uow, "appointments", key, appointment.id)
+        uow.commit()
+    return appointment
+
+
+def _ensure_free(uow: BookingUnitOfWork, clinician_id, slot: Slot, excluding=None) -> None:
+    if uow.appointments.taken(clinician_id, slot.starts_at, slot.ends_at, excluding):
+        raise Conflict("That time is already booked for this clinician",
+                       {"starts_at": ["slot is taken"]})
+
+
+def _insert(uow: BookingUnitOfWork, appointment: Appointment, form_status: str) -> None:
+    try:
+        with uow.connection.begin_nested():
+            uow.appointments.add(appointment, form_status)
+    except sa.exc.IntegrityError as error:
+        raise Conflict("That time is already booked for this clinician",
+                       {"starts_at": ["slot is taken"]}) from error
+
+
+def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
+                           starts_at: datetime, tz: ZoneInfo,
+                           clinician_id: uuid.UUID | None = None) -> Appointment:
+    with uow:
+        appointment = _appointment(uow, appointment_id)
+        clinician = _clinician(uow, clinician_id or appointment.clinician_id)
+        treatment = _treatment(uow, appointment.treatment_code)
+        slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
+        _ensure_free(uow, clinician.id, slot, excluding=appointment.id)
+        previous = appointment.starts_at
+        appointment.reschedule(slot, clinician.id)
+        try:
+            with uow.connection.begin_nested():
+                uow.appointments.update(appointment)
+        except sa.exc.IntegrityError as error:
+            raise Conflict("That time is already booked for this clinician",
+                           {"starts_at": ["slot is taken"]}) from error
+        patient = uow.patients.get(appointment.patient_id)
+        uow.outbox.add(_appointment_event(
+            uow, "booking.appointment.rescheduled", appointment, patient, clinician, treatment,
+            previous_starts_at=_iso(previous)))
+        uow.commit()
+    return appointment
+
+
+def _transition(uow: BookingUnitOfWork, appointment_id: uuid.UUID, event_type: str,
+                change, followup_tz: ZoneInfo | None = None, **extra) -> Appointment:
+    with uow:
+        appointment = _appointment(uow, appointment_id)
+        if change(appointment) is False:
+            return appointment  # nothing changed, so nothing to announce
+        uow.appointments.update(appointment)
+        uow.outbox.add(_appointment_event(
+            uow, event_type, appointment, uow.patients.get(appointment.patient_id),
+            uow.clinicians.get(appointment.clinician_id),
+            uow.treatments.get(appointment.treatment_code), **extra))
+        if followup_tz is not None:
+            _plan_followup(uow, appointment, followup_tz)
+        uow.commit()
+    return appointment
+
+
+def cancel_appointment(uow, appointment_id, reason: str, by: str = "reception") -> Appointment:
+    return _transition(uow, appointment_id, "booking.appointment.cancelled",
+                       lambda a: a.cancel(reason, by), reason=reason, cancelled_by=by)
+
+
+def confirm_appointment(uow, appointment_id) -> Appointment:
+    return _transition(uow, appointment_id, "booking.appointment.confirmed",
+                       lambda a: a.confirm())
+
+
+def mark_attended(uow, appointment_id, tz: ZoneInfo) -> Appointment:
+    now = uow.clock.now()
+    return _transition(uow, appointment_id, "booking.appointment.attended",
+                       lambda a: a.mark_attended(now), followup_tz=tz)
+
+
+def mark_no_show(uow, appointment_id) -> Appointment:
+    now = uow.clock.now()
+    return _transition(uow, appointment_id, "booking.appointment.no_show",
+                       lambda a: a.mark_no_show(now))
+
+
+def _plan_followup(uow: BookingUnitOfWork, appointment: Appointment, tz: ZoneInfo) -> None:
+    """One injection first, more only if it helped: the check-in asks how the pain is."""
+    treatment = uow.treatments.get(appointment.treatment_code)
+    due = model.followup_due(treatment, appointment.starts_at, tz)
+    if due is None:
+        return
+    followup_id = uow.followups.add(appointment.id, appointment.patient_id,
+                                    treatment.followup.kind, due)
+    if followup_id is None:
+        return
+    patient = uow.patients.get(appointment.patient_id)
+    uow.outbox.add(new_event(SOURCE, "booking.followup.scheduled", appointment.id, {
+        "followup_id": str(followup_id), "appointment_id": str(appointment.id),
+        "patient_id": str(appointment.patient_id), "kind": treatment.followup.kind,
+        "due_at": _iso(due), "treatment": _treatment_json(treatment),
+        "contact": _contact(patient),
+    }, uow.clock))
+
+
+def _appointment_event(uow, event_type, appointment, patient, clinician, treatment, **extra):
+    data = {
+        "appointment_id": str(appointment.id), "patient_id": str(appointment.patient_id),
+        "clinician_id": str(appointment.clinician_id), "clinician_name": clinician.name,
+        "treatment": _treatment_json(treatment),
+        "starts_at": _iso(appointment.starts_at), "ends_at": _iso(appointment.ends_at),
+        "status": appointment.status, "contact": _contact(patient), **extra,
+    }
+    return new_event(SOURCE, event_type, appointment.id, data, uow.clock)
+
+
+def _treatment_json(treatment) -> dict:
+    return {"code": treatment.code, "name": treatment.name,
+            "requires_consent": treatment.requires_consent}
+
+
+def _contact(patient: Patient) -> dict:
+    """The contact channel only: what notify needs to reach the patient, nothing more."""
+    return {"phone": patient.phone, "email": patient.email, "sms": patient.consent_sms,
+            "email_ok": patient.consent_email and bool(patient.email)}
+
+
+def _iso(instant: datetime) -> str:
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
+    """A patient's YES or NO applies to their next appointment; other intents are notify's."""
+    intent = event.data.get("intent")
+    with uow:
+        if not uow.processed.add("booking.patient_reply", event.id):
+            return
+        if intent not in ("confirm", "cancel"):
+            uow.commit()
+            return
+        patients = _patients_for_reply(uow, event.data)
+        appointments = [a for p in patients for a in uow.appointments.for_patient(p.id)]
+        target = model.next_appointment_for_reply(appointments, uow.clock.now())
+        if target is not None:
+            appointment = uow.appointments.get(target.id, for_update=True)
+            if appointment.is_active:
+                event_type = "booking.appointment.confirmed"
+                extra = {}
+                if intent == "confirm":
+                    changed = appointment.confirm()
+                else:
+                    appointment.cancel("Cancelled by patient reply", "patient")
+                    changed, event_type = True, "booking.appointment.cancelled"
+                    extra = {"reason": "Cancelled by patient reply", "cancelled_by": "patient"}
+                if changed:
+                    uow.appointments.update(appointment)
+                    uow.outbox.add(_appointment_event(
+                        uow, event_type, appointment, uow.patients.get(appointment.patient_id),
+                        uow.clinicians.get(appointment.clinician_id),
+                        uow.treatments.get(appointment.treatment_code), **extra))
+        uow.commit()
+
+
+def _patients_for_reply(uow: BookingUnitOfWork, data: dict) -> list[Patient]:
+    patient_id = data.get("patient_id")
+    if patient_id:
+        patient = uow.patients.get(uuid.UUID(patient_id))
+        return [patient] if patient else []
+    phone = data.get("phone")
+    return uow.patients.with_phone(phone) if phone else []
+
+
+def record_intake_form(uow: BookingUnitOfWork, event, status: str) -> None:
+    """Reception's list shows each appointment's intake form state, learnt from forms."""
+    with uow:
+        if not uow.processed.add(f"booking.intake_form.{status}", event.id):
+            return
+        appointment_id = event.data.get("appointment_id")
+        if appointment_id:
+            uow.appointments.set_intake_form_status(uuid.UUID(appointment_id), status)
+        uow.commit()
+
+
+def record_phone_call(uow: BookingUnitOfWork, call: dict) -> bool:
+    """A missed call from a known number becomes `booking.call.missed`; repeats of the same
+    webhook (the phone system retries) are recorded once. True when newly recorded."""
+    with uow:
+        patients = uow.patients.with_phone(call["from"]) if call.get("from") else []
+        patient = patients[0] if patients else None
+        if not uow.calls.record(call["call_id"], call["event"],
+                                patient.id if patient else None, call["at"]):
+            return False
+        if call["event"] == "call.missed":
+            uow.outbox.add(new_event(SOURCE, "booking.call.missed", call["call_id"], {
+                "call_id": call["call_id"], "patient_id": str(patient.id) if patient else None,
+                "phone": call["from"], "at": _iso(call["at"]),
+                "contact": _contact(patient) if patient else None,
+            }, uow.clock))
+        uow.commit()
+    return True
+
+
+def day_list(uow: BookingUnitOfWork, day: date, tz: ZoneInfo, clinician_id=None):
+    with uow:
+        start, end = local_day_bounds(day, tz)
+        return uow.appointments.between(start, end, clinician_id)
+
+
+def appointment_view(uow: BookingUnitOfWork, appointment_id: uuid.UUID):
+    with uow:
+        row = uow.appointments.view(appointment_id)
+    if row is None:
+        raise NotFound("No such appointment")
+    return row
+
+
+def _appointment(uow, appointment_id) -> Appointment:
+    appointment = uow.appointments.get(appointment_id, for_update=True)
+    if appointment is None:
+        raise NotFound("No such appointment")
+    return appointment
+
+
+def _clinician(uow, clinician_id) -> Clinician:
+    clinician = uow.clinicians.get(clinician_id)
+    if clinician is None:
+        raise Invalid("Unknown clinician", {"clinician_id": ["no such clinician"]})
+    return clinician
+
+
+def _treatment(uow, code):
+    treatment = uow.treatments.get(code)
+    if treatment is None:
+        raise Invalid("Unknown treatment", {"treatment_code": ["no such treatment"]})
+    return treatment
+

@@ -1,0 +1,4 @@
+"""Events notify consumes, one function each (filled in by its own issue)."""
+from __future__ import annotations
+
+HANDLERS: dict = {}

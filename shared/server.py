@@ -1,0 +1,45 @@
+"""`clinic serve`: a service's app on gunicorn (threaded workers), never Flask's debug server."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from gunicorn.app.base import BaseApplication
+
+
+def _child_exit(_server, worker) -> None:
+    """A dead worker's metric files must stop counting towards live gauges."""
+    from prometheus_client import multiprocess
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, factory: Callable, options: dict):
+        self._factory, self._options = factory, options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        # Each worker process builds its own app (engines and pools must not cross a fork).
+        return self._factory()
+
+
+def serve(factory: Callable, host: str, port: int, workers: int | None = None,
+          threads: int | None = None) -> None:
+    cores = os.cpu_count() or 1
+    _Gunicorn(factory, {
+        "bind": f"{host}:{port}",
+        "workers": workers or int(os.environ.get("WEB_CONCURRENCY", cores * 2)),
+        "worker_class": "gthread",
+        "threads": threads or 8,
+        "timeout": 30,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        "accesslog": None,
+        "child_exit": _child_exit,
+        "preload_app": False,
+    }).run()

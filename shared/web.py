@@ -1,0 +1,250 @@
+"""What every service's HTTP side shares: the app skeleton, JSON errors, operations endpoints,
+fail-closed staff authentication and request metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import flask_smorest
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from kombu import Connection
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.config import Config
+from shared.db import SharedTables
+from shared.errors import ClinicError
+from shared.logging import get_logger
+from shared.metrics import ServiceMetrics
+
+log = get_logger("web")
+
+ROLES = ("reception", "clinician", "admin")
+
+
+def json_error(status: int, code: str, message: str, fields: dict | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "fields": fields or {}}})
+    response.status_code = status
+    return response
+
+
+def _flatten_webargs(messages: dict) -> dict:
+    """webargs nests errors by location ({"json": {"phone": [...]}}); clients want fields."""
+    fields: dict = {}
+    for location, errors in messages.items():
+        if isinstance(errors, dict):
+            fields.update(errors)
+        else:
+            fields[location] = errors
+    return fields
+
+
+class ClinicApi(flask_smorest.Api):
+    """flask-smorest, answering every HTTP error in the contract's JSON shape."""
+
+    def handle_http_exception(self, error: HTTPException):
+        data = getattr(error, "data", None) or {}
+        fields = _flatten_webargs(data.get("messages", {}))
+        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type",
+                422: "invalid"}.get(error.code, "error")
+        message = "Some fields are invalid" if fields else (error.description or error.name)
+        response = json_error(error.code or 500, code, message, fields)
+        if error.code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="clinic"'
+        return response
+
+
+@dataclass(frozen=True)
+class Staff:
+    name: str
+    role: str
+    kind: str  # "token" or "user"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "ct_" + secrets.token_urlsafe(32)
+
+
+def create_token(engine: sa.Engine, tables: SharedTables, name: str, role: str, token: str,
+                 now) -> None:
+    with engine.begin() as connection:
+        connection.execute(tables.staff_tokens.insert().values(
+            id=uuid.uuid4(), name=name, token_hash=hash_token(token), role=role, created_at=now,
+        ))
+
+
+class TokenAuthenticator:
+    """Bearer tokens checked against their stored SHA-256; a few seconds' cache keeps the
+    check off the database on a busy API without delaying a revocation for long."""
+
+    ttl = 10.0
+
+    def __init__(self, engine: sa.Engine, tables: SharedTables):
+        self._engine, self._table = engine, tables.staff_tokens
+        self._cache: dict[str, tuple[float, Staff | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, token: str) -> Staff | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit and hit[0] > now:
+            return hit[1]
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(self._table.c.name, self._table.c.role).where(
+                    self._table.c.token_hash == digest, self._table.c.revoked_at.is_(None))
+            ).first()
+        staff = Staff(row.name, row.role, "token") if row else None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self.ttl, staff)
+        return staff
+
+
+def protect(blueprint: Blueprint) -> None:
+    """Every view of the blueprint needs staff: checked once for the whole blueprint, so a new
+    route cannot be added unprotected by forgetting a decorator."""
+
+    @blueprint.before_request
+    def _require_staff():
+        staff = current_staff()
+        if staff is None:
+            return json_error(401, "unauthorized", "Staff authentication required")
+        g.staff = staff
+        return None
+
+
+def current_staff() -> Staff | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return current_app.extensions["clinic_auth"](token.strip())
+    session_staff = current_app.extensions.get("clinic_session_staff")
+    return session_staff() if session_staff else None
+
+
+def require_role(*roles: str) -> None:
+    """Called at the top of a view: 403 unless the authenticated staff has one of the roles."""
+    staff = g.get("staff")
+    if staff is None or (staff.role not in roles and staff.role != "admin"):
+        flask_smorest.abort(403, message=f"needs role {' or '.join(roles)}")
+
+
+class BrokerProbe:
+    """Readiness asks the broker at most every few seconds, not on every probe."""
+
+    def __init__(self, url: str, every: float = 5.0):
+        self._url, self._every = url, every
+        self._checked_at, self._ok = 0.0, False
+
+    def __call__(self) -> bool:
+        if self._url.startswith("memory"):
+            return True
+        if time.monotonic() - self._checked_at < self._every:
+            return self._ok
+        try:
+            with Connection(self._url, connect_timeout=2) as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+            self._ok = True
+        except Exception:
+            self._ok = False
+        self._checked_at = time.monotonic()
+        return self._ok
+
+
+def create_service_app(service: str, config: Config, engine: sa.Engine, tables: SharedTables,
+                       extra_metrics: Callable | None = None) -> tuple[Flask, ClinicApi]:
+    app = Flask(f"clinic.{service}")
+    app.config.update(
+        SECRET_KEY=config.secret_key,
+        API_TITLE=f"clinic {service}",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
+        MAX_CONTENT_LENGTH=1 * 1024 * 1024,
+        TESTING=config.testing,
+    )
+    api = ClinicApi(app)
+    app.extensions["clinic_auth"] = TokenAuthenticator(engine, tables)
+    metrics = ServiceMetrics(service, engine, tables, extra_metrics)
+    app.extensions["clinic_metrics"] = metrics
+    metrics.instrument(app)
+    _register_errors(app)
+    app.register_blueprint(_operations(engine, BrokerProbe(config.amqp_url), metrics))
+    return app, api
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ClinicError)
+    def _clinic_error(error: ClinicError):
+        return json_error(error.status, error.code, error.message, error.fields)
+
+    @app.errorhandler(ValidationError)
+    def _invalid(error: ValidationError):
+        fields = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
+        return json_error(422, "invalid", "Some fields are invalid", fields)
+
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    def _database_away(error):
+        log.error("database.unavailable", error=type(error).__name__)
+        return json_error(503, "unavailable", "The database is unavailable; nothing was saved")
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        if isinstance(error, HTTPException):
+            return app.extensions["flask-smorest"]["apis"][""]["ext_obj"].handle_http_exception(
+                error)
+        log.exception("request.failed", path=request.path)
+        return json_error(500, "internal", "Internal error")
+
+
+def _operations(engine: sa.Engine, broker_ok: BrokerProbe, metrics: ServiceMetrics) -> Blueprint:
+    blueprint = Blueprint("operations", __name__)
+
+    @blueprint.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @blueprint.get("/readyz")
+    def readyz():
+        checks = {"database": _database_ok(engine), "broker": broker_ok()}
+        status = 200 if all(checks.values()) else 503
+        return jsonify({"status": "ready" if status == 200 else "unavailable",
+                        "checks": checks}), status
+
+    @blueprint.get("/metrics")
+    def metrics_view():
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    return blueprint
+
+
+def _database_ok(engine: sa.Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        return True
+    except sa.exc.SQLAlchemyError:
+        return False

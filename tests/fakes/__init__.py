@@ -1,0 +1,1 @@
+"""Fakes of the outside world as real local servers: Twilio's HTTP API and an SMTP server."""
