@@ -7,6 +7,7 @@ demo clinic runs its three apps and three workers as threads here. Production ru
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 
 from werkzeug.serving import make_server
@@ -16,6 +17,8 @@ from shared.worker import run_until_stopped
 
 
 def run_embedded(config, host: str = "127.0.0.1") -> None:
+    # werkzeug's access log prints query strings, which can carry a phone number.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     stop = threading.Event()
     threads: list[threading.Thread] = []
     servers = []

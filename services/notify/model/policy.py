@@ -213,7 +213,7 @@ def plan_followup(
 def plan_missed_call(
     data: dict, now: datetime, last_sent_to_patient: datetime | None
 ) -> list[PlannedMessage]:
-    """"Sorry we missed your call" by SMS at once, to a known patient, at most once an hour.
+    """A "sorry we missed your call" SMS at once, to a known patient, at most once an hour.
 
     Unknown callers get nothing: we would be texting a number we hold no consent for.
     """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
@@ -26,7 +26,7 @@ def as_utc(value: str | datetime) -> datetime:
     instant = datetime.fromisoformat(value) if isinstance(value, str) else value
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError(f"{value!r} has no UTC offset")
-    return instant.astimezone(timezone.utc)
+    return instant.astimezone(UTC)
 
 
 def parse_offsets(text: str) -> list[timedelta]:
@@ -122,13 +122,13 @@ def _first_instant_showing(day: date, wall: time, tz: ZoneInfo) -> datetime:
     is past the jump, so the clock is certainly outside the window then.
     """
     readings = (datetime.combine(day, wall, tzinfo=tz).replace(fold=f) for f in (0, 1))
-    return max(r.astimezone(timezone.utc) for r in readings)
+    return max(r.astimezone(UTC) for r in readings)
 
 
 def _last_instant_before(day: date, wall: time, tz: ZoneInfo) -> datetime:
     """The earlier UTC reading of a wall time: right for "the quiet window has not begun"."""
     readings = (datetime.combine(day, wall, tzinfo=tz).replace(fold=f) for f in (0, 1))
-    return min(r.astimezone(timezone.utc) for r in readings)
+    return min(r.astimezone(UTC) for r in readings)
 
 
 def place_outside_quiet_hours(

@@ -1,5 +1,5 @@
 """Delivery reports never move a message backwards; only failures that can pass are retried."""
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -105,7 +105,7 @@ def test_a_negative_attempt_is_refused():
 
 
 def test_missed_call_texts_are_an_hour_apart():
-    now = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
     assert missed_call_text_allowed(now, None)
     assert not missed_call_text_allowed(now, now - timedelta(minutes=59))
     assert missed_call_text_allowed(now, now - timedelta(hours=1))

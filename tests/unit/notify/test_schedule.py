@@ -1,5 +1,5 @@
 """REMINDER_OFFSETS, QUIET_HOURS and reminder times, at examples a receptionist would check."""
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -95,7 +95,7 @@ def test_a_time_outside_quiet_hours_stays_and_is_in_utc():
     due = datetime.fromisoformat("2026-07-01T12:00:00+01:00")
     placed = place_outside_quiet_hours(due, NIGHT, LONDON, not_after=due + timedelta(hours=2))
     assert placed == utc("2026-07-01T11:00:00Z")
-    assert placed.tzinfo == timezone.utc
+    assert placed.tzinfo == UTC
 
 
 def test_without_quiet_hours_nothing_moves():

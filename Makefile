@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make run` and `make test`. `make bench` measures.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/clinic db upgrade
+	$(BIN)/clinic seed-demo
+	@echo "clinic-events on the embedded defaults (SQLite under var/, in-process broker, console SMS and email):"
+	$(BIN)/clinic dev
+
+test: $(STAMP)
+	$(BIN)/pytest -q -rs
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var build *.egg-info
