@@ -1,4 +1,93 @@
-"""Events notify consumes, one function each (filled in by its own issue)."""
+"""Events notify consumes, one function each. Each stores what the policy plans, in the same
+transaction as its processed-event mark: a redelivered event schedules nothing twice."""
 from __future__ import annotations
 
-HANDLERS: dict = {}
+from collections.abc import Callable
+
+from services.notify.model import policy
+from shared.events import Event
+
+# Everything still pending for an appointment that the patient should no longer receive.
+APPOINTMENT_MESSAGES = ("confirmation", "reminder", "rescheduled", "form_link", "form_nudge")
+
+
+def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
+              cancel: tuple[str, ...] | None = None, cancel_all: bool = False) -> None:
+    uow = context.uow()
+    with uow:
+        if not uow.processed.add(consumer, event.id):
+            return
+        data = event.data
+        uow.contacts.remember(data.get("patient_id"), data.get("contact"))
+        appointment_id = data.get("appointment_id")
+        if appointment_id and (cancel or cancel_all):
+            uow.messages.cancel_pending(appointment_id, None if cancel_all else cancel)
+        now = uow.clock.now()
+        for planned in plan():
+            if uow.messages.schedule(planned) and planned.due_at <= now:
+                uow.wake_scheduler()
+        uow.commit()
+
+
+def on_booked(event: Event, context) -> None:
+    _schedule(context, event, "notify.booked", lambda: policy.plan_booked(
+        event.data, context.clock.now(), context.offsets, context.quiet, context.tz))
+
+
+def on_rescheduled(event: Event, context) -> None:
+    _schedule(context, event, "notify.rescheduled", lambda: policy.plan_rescheduled(
+        event.data, context.clock.now(), context.offsets, context.quiet, context.tz),
+        cancel=("confirmation", "reminder", "rescheduled"))
+
+
+def on_cancelled(event: Event, context) -> None:
+    _schedule(context, event, "notify.cancelled",
+              lambda: policy.plan_cancelled(event.data, context.clock.now()), cancel_all=True)
+
+
+def on_finished(event: Event, context) -> None:
+    """Attended or no-show: nothing further is sent for that appointment."""
+    _schedule(context, event, f"notify.{event.type.rsplit('.', 1)[1]}", lambda: [],
+              cancel_all=True)
+
+
+def on_followup(event: Event, context) -> None:
+    _schedule(context, event, "notify.followup", lambda: policy.plan_followup(
+        event.data, context.clock.now(), context.quiet, context.tz))
+
+
+def on_call_missed(event: Event, context) -> None:
+    uow = context.uow()
+    with uow:
+        if not uow.processed.add("notify.call_missed", event.id):
+            return
+        data = event.data
+        uow.contacts.remember(data.get("patient_id"), data.get("contact"))
+        last = (uow.messages.last_sent_to_patient(data["patient_id"], "missed_call")
+                if data.get("patient_id") else None)
+        for planned in policy.plan_missed_call(data, uow.clock.now(), last):
+            if uow.messages.schedule(planned):
+                uow.wake_scheduler()
+        uow.commit()
+
+
+def on_form_sent(event: Event, context) -> None:
+    _schedule(context, event, "notify.form_sent", lambda: policy.plan_form_sent(
+        event.data, context.clock.now(), context.quiet, context.tz))
+
+
+def on_form_completed(event: Event, context) -> None:
+    _schedule(context, event, "notify.form_completed", lambda: [], cancel=("form_nudge",))
+
+
+HANDLERS = {
+    "booking.appointment.booked": on_booked,
+    "booking.appointment.rescheduled": on_rescheduled,
+    "booking.appointment.cancelled": on_cancelled,
+    "booking.appointment.attended": on_finished,
+    "booking.appointment.no_show": on_finished,
+    "booking.followup.scheduled": on_followup,
+    "booking.call.missed": on_call_missed,
+    "forms.form.sent": on_form_sent,
+    "forms.form.completed": on_form_completed,
+}

@@ -46,8 +46,8 @@ def free_slots(
 ) -> list[Slot]:
     """Starts to offer on the clinic date `on`: on the step grid from each block's start.
 
-    Only starts strictly after `now`, so a slot beginning this minute is not offered to
-    someone who could not get there. Taken ranges are [start, end) in any zone.
+    Only starts strictly after `now`: a slot already under way is no use to the caller.
+    Taken ranges are [start, end) in any zone, so back-to-back bookings both stand.
     """
     if step_minutes <= 0:
         raise ValueError("step_minutes must be positive")

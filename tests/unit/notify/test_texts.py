@@ -1,11 +1,20 @@
 """Message texts: what they say, that they stay GSM-7, and how many SMS parts they cost."""
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from jinja2 import Environment, UndefinedError, meta
 
+from services.notify.model import (
+    QuietHours,
+    plan_booked,
+    plan_cancelled,
+    plan_followup,
+    plan_form_sent,
+    plan_missed_call,
+    plan_rescheduled,
+)
 from services.notify.texts import (
     EMAIL_KINDS,
     SMS_KINDS,
@@ -228,3 +237,42 @@ def test_gsm7_is_the_basic_set_and_its_extension(text, gsm7):
 )
 def test_sms_parts(text, parts):
     assert sms_segments(text) == parts
+
+
+def test_every_message_the_policies_plan_renders_on_its_channel():
+    """The contexts the policies build hold exactly what the templates ask for."""
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    contact = {"phone": "+447400123456", "email": "p@example.org", "sms": True, "email_ok": True}
+    booking = {
+        "appointment_id": "a1", "patient_id": "p1", "clinician_name": "Dr Amira Shah",
+        "treatment": {"code": "PHY", "name": "Physiotherapy"},
+        "starts_at": "2026-11-30T10:00:00Z", "contact": contact,
+    }
+    quiet, offsets = QuietHours("21:00", "08:00"), [timedelta(hours=48), timedelta(hours=2)]
+    planned = [
+        *plan_booked(booking, now, offsets, quiet, LONDON),
+        *plan_rescheduled(
+            {**booking, "previous_starts_at": "2026-11-28T10:00:00Z"}, now, offsets, quiet, LONDON
+        ),
+        *plan_cancelled({**booking, "cancelled_by": "patient", "reason": "x"}, now),
+        *plan_form_sent(
+            {"form_id": "f1", "appointment_id": "a1", "patient_id": "p1", "url": "https://f/x",
+             "appointment_starts_at": "2026-11-30T10:00:00Z", "contact": contact},
+            now, quiet, LONDON,
+        ),
+        *plan_followup(
+            {"followup_id": "u1", "appointment_id": "a1", "patient_id": "p1", "kind": "checkin",
+             "due_at": "2026-12-14T10:00:00Z", "treatment": booking["treatment"],
+             "contact": {**contact, "sms": False}},
+            now, quiet, LONDON,
+        ),
+        *plan_missed_call(
+            {"call_id": "c1", "patient_id": "p1", "phone": "+447400123456", "at": None}, now, None
+        ),
+    ]
+    assert {m.kind for m in planned} == set(SMS_KINDS)
+    for message in planned:
+        if message.channel == "sms":
+            assert sms_segments(USUAL_CLINIC.sms(message.kind, message.context)) <= 2
+        else:
+            assert all(USUAL_CLINIC.email(message.kind, message.context))
