@@ -27,6 +27,7 @@ from shared.metrics import ServiceMetrics
 log = get_logger("web")
 
 ROLES = ("reception", "clinician", "admin")
+BEARER_CHALLENGE = 'Bearer realm="clinic"'  # a 401 must say how to authenticate (RFC 9110)
 
 
 def json_error(status: int, code: str, message: str, fields: dict | None = None) -> Response:
@@ -58,7 +59,7 @@ class ClinicApi(flask_smorest.Api):
         message = "Some fields are invalid" if fields else (error.description or error.name)
         response = json_error(error.code or 500, code, message, fields)
         if error.code == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="clinic"'
+            response.headers["WWW-Authenticate"] = BEARER_CHALLENGE
         return response
 
 
@@ -124,7 +125,9 @@ def protect(blueprint: Blueprint) -> None:
     def _require_staff():
         staff = current_staff()
         if staff is None:
-            return json_error(401, "unauthorized", "Staff authentication required")
+            response = json_error(401, "unauthorized", "Staff authentication required")
+            response.headers["WWW-Authenticate"] = BEARER_CHALLENGE
+            return response
         g.staff = staff
         return None
 

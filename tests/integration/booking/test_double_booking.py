@@ -1,0 +1,156 @@
+"""No double booking, under real concurrency: many receptionists (threads) send their requests
+over HTTP to a threaded server at the same instant, and the database lets exactly one win."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import sqlalchemy as sa
+
+from services.booking.db import appointments
+
+from .conftest import PATIENT
+
+
+def _register_patients(site, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        response = site.post("/patients", {**PATIENT, "given_name": f"Patient {n}"})
+        assert response.status_code == 201
+        ids.append(response.get_json()["id"])
+    return ids
+
+
+def _all_at_once(base_url: str, headers: dict, bodies: list[dict]) -> list[requests.Response]:
+    """POSTs every body to /appointments from its own thread, released together."""
+    start = threading.Barrier(len(bodies))
+
+    def send(body):
+        start.wait(timeout=30)
+        return requests.post(f"{base_url}/api/v1/appointments", json=body, headers=headers,
+                             timeout=60)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+def _active_rows(site, clinician) -> list:
+    with site.engine.connect() as connection:
+        return connection.execute(sa.select(appointments).where(
+            appointments.c.clinician_id == clinician,
+            appointments.c.status == "booked")).all()
+
+
+def test_fifty_parallel_requests_for_one_slot_book_it_once(booking, live_server):
+    patients = _register_patients(booking, 50)
+    base_url = live_server(booking.app)
+    bodies = [{"patient_id": p, "clinician_id": str(booking.shah), "treatment_code": "TPI",
+               "starts_at": "2026-10-21T10:00:00+01:00"} for p in patients]
+    before = booking.counts()
+
+    responses = _all_at_once(base_url, booking.admin, bodies)
+
+    assert Counter(r.status_code for r in responses) == {201: 1, 409: 49}
+    for refused in (r for r in responses if r.status_code == 409):
+        error = refused.json()["error"]
+        assert error["code"] == "conflict" and "starts_at" in error["fields"]
+    winner = next(r.json() for r in responses if r.status_code == 201)
+    rows = _active_rows(booking, booking.shah)
+    assert [str(row.id) for row in rows] == [winner["id"]]
+    after = booking.counts()
+    assert after["appointments"] == before["appointments"] + 1
+    assert after["outbox"] == before["outbox"] + 1
+    [event] = booking.events()[before["outbox"]:]
+    assert event["type"] == "booking.appointment.booked"
+    assert event["subject"] == winner["id"]
+
+
+def test_parallel_requests_for_overlapping_starts_book_only_one(booking, live_server):
+    """Thirty starts a minute apart, 10:00 to 10:29, each a 30-minute treatment: any two
+    overlap although no two are equal, so exactly one may stand."""
+    patients = _register_patients(booking, 30)
+    base_url = live_server(booking.app)
+    bodies = [{"patient_id": p, "clinician_id": str(booking.shah), "treatment_code": "TPI",
+               "starts_at": f"2026-10-21T10:{minute:02d}:00+01:00"}
+              for minute, p in enumerate(patients)]
+
+    responses = _all_at_once(base_url, booking.admin, bodies)
+
+    assert Counter(r.status_code for r in responses) == {201: 1, 409: 29}
+    assert len(_active_rows(booking, booking.shah)) == 1
+    assert booking.counts()["outbox"] == 1
+
+
+def test_parallel_requests_for_one_time_with_different_clinicians_all_succeed(
+        booking, live_server):
+    patients = _register_patients(booking, 2)
+    base_url = live_server(booking.app)
+    bodies = [{"patient_id": p, "clinician_id": str(clinician), "treatment_code": "TPI",
+               "starts_at": "2026-10-21T10:00:00+01:00"}
+              for p, clinician in zip(patients, (booking.shah, booking.whitfield), strict=True)]
+
+    responses = _all_at_once(base_url, booking.admin, bodies)
+
+    assert [r.status_code for r in responses] == [201, 201]
+    assert len(_active_rows(booking, booking.shah)) == 1
+    assert len(_active_rows(booking, booking.whitfield)) == 1
+
+
+def test_a_slot_overlapping_a_booked_one_is_refused_and_touching_ones_are_not(booking):
+    assert booking.book("2026-10-21T10:00:00+01:00").status_code == 201  # 10:00-10:30
+    before = booking.counts()
+    for starts_at, treatment in [("2026-10-21T10:15:00+01:00", "TPI"),          # inside
+                                 ("2026-10-21T09:45:00+01:00", "POD-ASSESS"),   # 09:45-10:30
+                                 ("2026-10-21T09:31:00+01:00", "TPI"),          # ends 10:01
+                                 ("2026-10-21T10:29:00+01:00", "TPI"),          # starts 10:29
+                                 ("2026-10-21T09:00:00Z", "TPI")]:              # same instant
+        response = booking.book(starts_at, treatment=treatment)
+        assert response.status_code == 409, (starts_at, response.get_json())
+    assert booking.counts() == before
+    # Back to back on either side is not an overlap.
+    assert booking.book("2026-10-21T09:30:00+01:00").status_code == 201
+    assert booking.book("2026-10-21T10:30:00+01:00").status_code == 201
+    assert len(_active_rows(booking, booking.shah)) == 3
+
+
+def test_the_same_time_with_another_clinician_is_free(booking):
+    assert booking.book("2026-10-21T10:00:00+01:00", booking.shah).status_code == 201
+    assert booking.book("2026-10-21T10:00:00+01:00", booking.whitfield).status_code == 201
+
+
+def test_a_cancelled_appointment_frees_its_slot(booking):
+    first = booking.book("2026-10-21T10:00:00+01:00").get_json()
+    assert booking.book("2026-10-21T10:00:00+01:00").status_code == 409
+    assert "2026-10-21T10:00:00+01:00" not in _offered(booking)
+    cancelled = booking.post(f"/appointments/{first['id']}/cancel", {"reason": "Poorly"})
+    assert cancelled.status_code == 200
+    assert "2026-10-21T10:00:00+01:00" in _offered(booking)
+
+    again = booking.book("2026-10-21T10:00:00+01:00")
+
+    assert again.status_code == 201
+    assert again.get_json()["id"] != first["id"]
+    assert [e["type"] for e in booking.events()] == [
+        "booking.appointment.booked", "booking.appointment.cancelled",
+        "booking.appointment.booked"]
+
+
+def _offered(site) -> list[str]:
+    response = site.get("/availability", query_string={
+        "clinician_id": str(site.shah), "treatment_code": "TPI", "date": "2026-10-21"})
+    assert response.status_code == 200
+    return [slot["starts_at"] for slot in response.get_json()["slots"]]
+
+
+def test_rescheduling_onto_a_taken_slot_is_refused(booking):
+    booking.book("2026-10-21T10:00:00+01:00")
+    other = booking.book("2026-10-21T11:00:00+01:00").get_json()
+    before = booking.counts()
+    response = booking.post(f"/appointments/{other['id']}/reschedule",
+                            {"starts_at": "2026-10-21T10:15:00+01:00"})
+    assert response.status_code == 409
+    assert booking.counts() == before
+    assert booking.get(f"/appointments/{other['id']}").get_json()["starts_at"] == \
+        "2026-10-21T11:00:00+01:00"
