@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -292,6 +294,10 @@ class EventWatcher:
         self.received.append(Received(method.routing_key, properties.content_type,
                                       properties.message_id, body))
 
+    def publish(self, routing_key: str, body: bytes) -> None:
+        self._connection.channel().basic_publish(
+            EXCHANGE, routing_key, body, pika.BasicProperties(delivery_mode=2))
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and connection.is_open:
@@ -324,3 +330,57 @@ def utc_rfc3339(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert parsed.utcoffset() == timedelta(0)
     return parsed.astimezone(UTC)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=90,
+                   check=True)
+
+
+@contextmanager
+def broker_stopped() -> Iterator[None]:
+    """RabbitMQ's application stopped (the node stays up, durable state kept) and always
+    started again, even when the test fails: other suites share this broker."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        try:
+            rabbitmqctl("start_app")
+        finally:
+            rabbitmqctl("await_startup")
+
+
+def first_arrivals(received: list[Received]) -> list[Received]:
+    seen: set[str] = set()
+    firsts = []
+    for message in received:
+        if message.event_id not in seen:
+            seen.add(message.event_id)
+            firsts.append(message)
+    return firsts
+
+
+def assert_commit_order_per_subject(received: list[Received],
+                                    committed: list[tuple[str, str, str]]) -> None:
+    """For each appointment, its events arrived (first copies) in the order they committed."""
+    arrived: dict[str, list[str]] = {}
+    for message in first_arrivals(received):
+        arrived.setdefault(message.json()["subject"], []).append(message.event_id)
+    expected: dict[str, list[str]] = {}
+    for event_id, _type, subject in committed:
+        expected.setdefault(subject, []).append(event_id)
+    for subject, event_ids in expected.items():
+        assert arrived.get(subject) == event_ids, f"events of {subject} out of commit order"
+
+
+def reply_event(phone: str, intent: str, patient_id: str | None = None) -> dict:
+    """`notify.reply.received` as notify would publish it, written out by hand."""
+    return {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/notify",
+        "type": "notify.reply.received", "subject": patient_id or phone,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": {"patient_id": patient_id, "phone": phone, "intent": intent, "score": None,
+                 "message_sid": f"SM{uuid.uuid4().hex}"},
+    }
