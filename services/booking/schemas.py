@@ -22,6 +22,16 @@ class Phone(fields.String):
             raise ValidationError(str(error)) from error
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON true or false only. A consent sent as 1 or "yes" is a client bug, and marshmallow's
+    truthy sets cannot refuse 1 and 0 (they equal True and False in a set)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class Postcode(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         raw = super()._deserialize(value, attr, data, **kwargs)
@@ -64,8 +74,8 @@ class GeneralPractitionerIn(Requesting):
 
 
 class ConsentIn(Requesting):
-    sms = fields.Boolean(required=True, truthy={True}, falsy={False})
-    email = fields.Boolean(required=True, truthy={True}, falsy={False})
+    sms = JsonBoolean(required=True)
+    email = JsonBoolean(required=True)
 
 
 class PatientIn(Requesting):

@@ -1,0 +1,115 @@
+"""Idempotency-Key on creating POSTs: a retried request (a timeout, a double click, a client
+library's retry) gets the first answer back and creates nothing a second time."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from .conftest import PATIENT
+
+SLOT = "2026-10-21T10:00:00+01:00"
+
+
+def _appointment(site, starts_at=SLOT) -> dict:
+    return {"patient_id": site.patient_id, "clinician_id": str(site.shah),
+            "treatment_code": "TPI", "starts_at": starts_at}
+
+
+CREATES = {
+    "patients": (lambda site: PATIENT, {"patients": 1}),
+    "appointments": (_appointment, {"appointments": 1, "outbox": 1}),
+}
+
+
+def _grew(before: dict, after: dict) -> dict:
+    return {name: after[name] - before[name] for name in before if after[name] != before[name]}
+
+
+@pytest.mark.parametrize("resource", CREATES)
+def test_the_same_key_and_body_twice_gives_the_same_answer_and_one_row(booking, resource):
+    body_for, created = CREATES[resource]
+    key = {"Idempotency-Key": f"retry-{resource}-1"}
+    before = booking.counts()
+
+    first = booking.post(f"/{resource}", body_for(booking), key)
+    second = booking.post(f"/{resource}", body_for(booking), key)
+
+    assert first.status_code == second.status_code == 201
+    assert second.get_json() == first.get_json()
+    assert _grew(before, booking.counts()) == {**created, "idempotency_keys": 1}
+
+
+@pytest.mark.parametrize("resource", CREATES)
+def test_ten_concurrent_retries_with_one_key_create_once(booking, live_server, resource):
+    body_for, created = CREATES[resource]
+    base_url = live_server(booking.app)
+    headers = {**booking.admin, "Idempotency-Key": f"burst-{resource}"}
+    body = body_for(booking)
+    before = booking.counts()
+    start = threading.Barrier(10)
+
+    def send(_):
+        start.wait(timeout=30)
+        return requests.post(f"{base_url}/api/v1/{resource}", json=body, headers=headers,
+                             timeout=60)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(send, range(10)))
+
+    assert [r.status_code for r in responses] == [201] * 10, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert _grew(before, booking.counts()) == {**created, "idempotency_keys": 1}
+
+
+@pytest.mark.parametrize("resource", CREATES)
+def test_the_same_key_with_another_body_is_refused(booking, resource):
+    body_for, _ = CREATES[resource]
+    key = {"Idempotency-Key": f"reused-{resource}"}
+    first = booking.post(f"/{resource}", body_for(booking), key)
+    assert first.status_code == 201
+    before = booking.counts()
+
+    changed = {**body_for(booking)}
+    if resource == "patients":
+        changed["family_name"] = "Someone-Else"
+    else:
+        changed["starts_at"] = "2026-10-21T11:00:00+01:00"
+    response = booking.post(f"/{resource}", changed, key)
+
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.get_json()["error"]["fields"]
+    assert booking.counts() == before
+
+
+def test_without_a_key_each_request_creates(booking):
+    before = booking.counts()
+    assert booking.post("/patients", PATIENT).status_code == 201
+    assert booking.post("/patients", PATIENT).status_code == 201
+    assert _grew(before, booking.counts()) == {"patients": 2}
+
+
+def test_a_key_is_scoped_to_its_resource(booking):
+    key = {"Idempotency-Key": "shared-key"}
+    patient = booking.post("/patients", PATIENT, key)
+    appointment = booking.post("/appointments", _appointment(booking), key)
+    assert patient.status_code == appointment.status_code == 201
+    assert appointment.get_json()["status"] == "booked"
+    assert patient.get_json()["id"] != appointment.get_json()["id"]
+
+
+def test_a_refused_request_does_not_use_up_its_key(booking):
+    """A booking refused (clinic closed at that hour) leaves the key free for the corrected
+    request; otherwise the receptionist's fix would be answered with the old refusal."""
+    key = {"Idempotency-Key": "fix-and-retry"}
+    refused = booking.post("/appointments", _appointment(booking, "2026-10-21T07:00:00+01:00"),
+                           key)
+    assert refused.status_code == 422
+    assert booking.counts()["idempotency_keys"] == 0
+    retried = booking.post("/appointments", _appointment(booking, "2026-10-21T07:00:00+01:00"),
+                           key)
+    assert retried.status_code == 422
+    corrected = booking.post("/appointments", _appointment(booking), key)
+    assert corrected.status_code == 201
