@@ -304,13 +304,13 @@ class EventWatcher:
             connection.close()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float,
-                 what: str) -> list[Received]:
+                 what: str, interval: float = 0.05) -> list[Received]:
         deadline = time.monotonic() + timeout
         while not predicate(self.received):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
                                      f"{len(self.received)} messages received")
-            self._connection.process_data_events(time_limit=0.05)
+            self._connection.process_data_events(time_limit=interval)
         return self.received
 
     def wait_for_ids(self, event_ids: set[str], timeout: float) -> list[Received]:
