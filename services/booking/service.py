@@ -179,7 +179,7 @@ def confirm_appointment(uow, appointment_id) -> Appointment:
 def mark_attended(uow, appointment_id, tz: ZoneInfo) -> Appointment:
     now = uow.clock.now()
     return _transition(uow, appointment_id, "booking.appointment.attended",
-                       lambda a: a.mark_attended(now), followup_tz=tz)
+                       lambda a: a.mark_attended(now, tz), followup_tz=tz)
 
 
 def mark_no_show(uow, appointment_id) -> Appointment:
