@@ -1,9 +1,79 @@
-"""Notify's staff API."""
+"""Notify's HTTP side: the staff message log, and Twilio's webhooks (inbound SMS, delivery
+reports), which are public URLs authenticated by Twilio's signature instead of a token."""
 from __future__ import annotations
 
-from flask_smorest import Blueprint
+from flask import Blueprint, current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint as ApiBlueprint
+from twilio.request_validator import RequestValidator
 
-from shared.web import protect
+from services.notify import service
+from services.notify.schemas import MessageOut, MessagesQuery
+from shared.web import json_error, protect
 
-api = Blueprint("notify", __name__, url_prefix="/api/v1", description="Patient messages")
+api = ApiBlueprint("notify", __name__, url_prefix="/api/v1", description="Patient messages")
 protect(api)
+SECURED = {"security": [{"bearerAuth": []}]}
+
+
+def _context():
+    return current_app.extensions["clinic"]
+
+
+@api.route("/messages")
+class Messages(MethodView):
+    @api.doc(**SECURED)
+    @api.arguments(MessagesQuery, location="query")
+    @api.response(200, MessageOut(many=True))
+    def get(self, query):
+        """The messages planned and sent for an appointment, with their delivery status."""
+        return service.message_log(_context().uow(), query["appointment_id"])
+
+
+webhooks = Blueprint("notify_webhooks", __name__)
+EMPTY_TWIML = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>", 200,
+               {"Content-Type": "text/xml"})
+
+
+def _signed_by_twilio() -> bool:
+    """Twilio signs the public URL it called (PUBLIC_BASE_URL_NOTIFY + path and query) with
+    the form fields; behind a proxy our own request.url would differ, so it is rebuilt."""
+    config = _context().config
+    if not config.twilio_auth_token:
+        return False
+    query = request.query_string.decode()
+    url = config.public_base_url_notify.rstrip("/") + request.path + (f"?{query}" if query else "")
+    return RequestValidator(config.twilio_auth_token).validate(
+        url, request.form, request.headers.get("X-Twilio-Signature", ""))
+
+
+def _required(*names: str) -> dict | None:
+    missing = {name: ["Missing data for required field."] for name in names
+               if not request.form.get(name)}
+    return missing or None
+
+
+@webhooks.post("/webhooks/twilio/sms")
+def inbound_sms():
+    if not _signed_by_twilio():
+        return json_error(403, "forbidden", "invalid Twilio signature")
+    missing = _required("From", "MessageSid")
+    if missing:
+        return json_error(400, "bad_request", "Some fields are invalid", missing)
+    service.receive_sms(_context().uow(), request.form["From"], request.form.get("Body", ""),
+                        request.form["MessageSid"])
+    return EMPTY_TWIML
+
+
+@webhooks.post("/webhooks/twilio/status")
+def delivery_report():
+    if not _signed_by_twilio():
+        return json_error(403, "forbidden", "invalid Twilio signature")
+    missing = _required("MessageSid", "MessageStatus")
+    if missing:
+        return json_error(400, "bad_request", "Some fields are invalid", missing)
+    ctx = _context()
+    service.record_delivery_report(ctx.uow(), ctx.texts, request.form["MessageSid"],
+                                   request.form["MessageStatus"],
+                                   request.form.get("ErrorCode") or None)
+    return "", 204

@@ -1,14 +1,18 @@
 """create_app(config): notify's Flask app. Nothing is built at import time."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Flask
 
-from services.notify.api import api
+from services.notify.api import api, webhooks
 from services.notify.db import NotifyUnitOfWork, shared_tables
+from services.notify.model import QuietHours, parse_offsets, parse_quiet_hours
+from services.notify.senders import EmailSender, SmsSender, build_email_sender, build_sms_sender
+from services.notify.texts import MessageTexts
 from shared.clock import Clock, SystemClock
 from shared.config import Config
 from shared.db import make_engine
@@ -17,9 +21,16 @@ from shared.web import create_service_app
 
 @dataclass(frozen=True)
 class NotifyContext:
+    """What notify's views, handlers and scheduler need, built once per process."""
+
     config: Config
     engine: sa.Engine
     clock: Clock
+    sms: SmsSender
+    email: EmailSender
+    texts: MessageTexts = field(repr=False)
+    offsets: list[timedelta] = field(default_factory=list)
+    quiet: QuietHours | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -29,10 +40,21 @@ class NotifyContext:
         return NotifyUnitOfWork(self.engine, self.clock)
 
 
-def bootstrap(config: Config, engine: sa.Engine | None = None,
-              clock: Clock | None = None) -> NotifyContext:
-    return NotifyContext(config, engine or make_engine(config.database_url("notify")),
-                          clock or SystemClock())
+def bootstrap(config: Config, engine: sa.Engine | None = None, clock: Clock | None = None,
+              sms: SmsSender | None = None, email: EmailSender | None = None) -> NotifyContext:
+    """Settings that cannot work (a bad REMINDER_OFFSETS, Twilio without credentials) stop the
+    process here, at start-up, rather than at the first message."""
+    return NotifyContext(
+        config=config,
+        engine=engine or make_engine(config.database_url("notify")),
+        clock=clock or SystemClock(),
+        sms=sms or build_sms_sender(config),
+        email=email or build_email_sender(config),
+        texts=MessageTexts(config.clinic_name, config.clinic_phone, config.clinic_address,
+                           config.tz),
+        offsets=parse_offsets(config.reminder_offsets),
+        quiet=parse_quiet_hours(config.quiet_hours),
+    )
 
 
 def create_app(config: Config, context: NotifyContext | None = None) -> Flask:
@@ -40,4 +62,5 @@ def create_app(config: Config, context: NotifyContext | None = None) -> Flask:
     app, smorest = create_service_app("notify", config, context.engine, shared_tables)
     app.extensions["clinic"] = context
     smorest.register_blueprint(api)
+    app.register_blueprint(webhooks)
     return app

@@ -15,7 +15,11 @@ from sqlalchemy.engine import Connection
 from services.notify.model.policy import PlannedMessage
 from shared.clock import Clock
 from shared.db import (
-    UnitOfWork, UTCDateTime, add_shared_tables, insert_ignoring_duplicates, outbox_channel,
+    UnitOfWork,
+    UTCDateTime,
+    add_shared_tables,
+    insert_ignoring_duplicates,
+    outbox_channel,
 )
 
 metadata = sa.MetaData()
@@ -35,6 +39,7 @@ messages = sa.Table(
     sa.Column("due_at", UTCDateTime, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("claim_token", sa.Uuid, nullable=True),
     sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Column("sending_at", UTCDateTime, nullable=True),
     sa.Column("sent_at", UTCDateTime, nullable=True),
@@ -73,11 +78,20 @@ opt_outs = sa.Table(
     sa.Column("changed_at", UTCDateTime, nullable=False),
 )
 
-rate_buckets = sa.Table(
-    "rate_buckets", metadata,
+# The SMS cap shared by every worker: the next free sending slot (GCRA), one row per limit.
+rate_limits = sa.Table(
+    "rate_limits", metadata,
     sa.Column("name", sa.String(40), primary_key=True),
-    sa.Column("tokens", sa.Float, nullable=False),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("next_slot_at", UTCDateTime, nullable=False),
+)
+
+# The latest state of each appointment as its events told us, so an event handled out of
+# order (two workers, a redelivery) cannot re-plan reminders for a cancelled appointment.
+appointment_states = sa.Table(
+    "appointment_states", metadata,
+    sa.Column("appointment_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("event_time", UTCDateTime, nullable=False),
 )
 
 webhook_receipts = sa.Table(
@@ -99,6 +113,7 @@ def _json_default(value: Any) -> str:
 @dataclass(frozen=True)
 class ClaimedMessage:
     id: uuid.UUID
+    dedupe_key: str
     kind: str
     channel: str
     to: str
@@ -107,7 +122,7 @@ class ClaimedMessage:
     context: dict
     due_at: datetime
     attempts: int
-    sending_at: datetime
+    sending_at: datetime | None
 
 
 class MessageRepository:
@@ -159,55 +174,106 @@ class MessageRepository:
         self._c.execute(messages.update().where(messages.c.id == message_id).values(
             updated_at=self._clock.now(), **values))
 
+    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta) -> bool:
+        """Record, before the provider call, that this claim is about to send now.
+
+        `sending_at` bounds the provider search after a crash. False when the claim is no longer
+        ours (lease taken over) or the message was cancelled meanwhile: then nothing is sent.
+        """
+        now = self._clock.now()
+        return self._c.execute(messages.update().where(
+            messages.c.id == message_id, messages.c.claim_token == token,
+            messages.c.status == SENDING,
+        ).values(sending_at=now, lease_until=now + lease, updated_at=now,
+                 attempts=messages.c.attempts + 1)).rowcount == 1
+
+    def settle(self, message_id: uuid.UUID, token: uuid.UUID, **values) -> bool:
+        """Record a claimed message's outcome, if the claim is still ours."""
+        return self._c.execute(messages.update().where(
+            messages.c.id == message_id, messages.c.claim_token == token,
+            messages.c.status == SENDING,
+        ).values(claim_token=None, lease_until=None, updated_at=self._clock.now(),
+                 **values)).rowcount == 1
+
+    def exists(self, dedupe_key: str) -> bool:
+        """Whether this message (by dedupe key) is planned and not cancelled."""
+        return self._c.execute(sa.select(messages.c.id).where(
+            messages.c.dedupe_key == dedupe_key, messages.c.status != CANCELLED)
+        ).first() is not None
+
+    def get(self, message_id: uuid.UUID):
+        return self._c.execute(sa.select(messages).where(messages.c.id == message_id)).first()
+
     def next_due_at(self) -> datetime | None:
         return self._c.execute(sa.select(sa.func.min(messages.c.due_at)).where(
             messages.c.status == PENDING)).scalar()
 
 
 def claim_due(connection: Connection, now: datetime, limit: int, lease: timedelta,
-              channel: str | None = None) -> list[ClaimedMessage]:
+              token: uuid.UUID, channel: str | None = None) -> list[ClaimedMessage]:
     """Take up to `limit` due messages for this worker: pending -> sending, with a lease.
 
     `FOR UPDATE SKIP LOCKED` lets any number of workers claim side by side without waiting on
     or double-claiming each other's rows (SQLite has one writer, so needs no such clause).
+    `token` marks the claim as this worker's: a worker whose lease ran out and was taken over
+    can no longer record anything for the message.
     """
     pick = (sa.select(messages.c.id)
             .where(messages.c.status == PENDING, messages.c.due_at <= now)
             .order_by(messages.c.due_at).limit(limit))
     if channel:
         pick = pick.where(messages.c.channel == channel)
+    return _take(connection, pick, now, lease, token, sending_at=None)
+
+
+def expired_leases(connection: Connection, now: datetime, limit: int, lease: timedelta,
+                   token: uuid.UUID) -> list[ClaimedMessage]:
+    """Messages left in `sending` by a worker that died or gave up on an unclear answer:
+    claimed again with a new token, so one recovering worker at a time asks the provider
+    whether they went before anything is sent a second time."""
+    pick = (sa.select(messages.c.id)
+            .where(messages.c.status == SENDING, messages.c.lease_until < now)
+            .order_by(messages.c.lease_until).limit(limit))
+    return _take(connection, pick, now, lease, token)
+
+
+def _take(connection: Connection, pick, now: datetime, lease: timedelta, token: uuid.UUID,
+          **values) -> list[ClaimedMessage]:
     if connection.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     rows = connection.execute(
         messages.update().where(messages.c.id.in_(pick.scalar_subquery()))
-        .values(status=SENDING, sending_at=now, lease_until=now + lease, updated_at=now,
-                attempts=messages.c.attempts + 1)
+        .values(status=SENDING, claim_token=token, lease_until=now + lease, updated_at=now,
+                **values)
         .returning(messages)
     ).all()
     return [_claimed(row) for row in sorted(rows, key=lambda r: r.due_at)]
 
 
-def expired_leases(connection: Connection, now: datetime, limit: int) -> list[ClaimedMessage]:
-    """Messages left in `sending` by a worker that died: claimed again (lease renewed) so one
-    recovering worker at a time asks the provider whether they went."""
-    pick = (sa.select(messages.c.id)
-            .where(messages.c.status == SENDING, messages.c.lease_until < now)
-            .limit(limit))
-    if connection.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    rows = connection.execute(
-        messages.update().where(messages.c.id.in_(pick.scalar_subquery()))
-        .values(lease_until=now + timedelta(minutes=2), updated_at=now)
-        .returning(messages)
-    ).all()
-    return [_claimed(row) for row in rows]
-
-
 def _claimed(row) -> ClaimedMessage:
-    return ClaimedMessage(id=row.id, kind=row.kind, channel=row.channel, to=row.to_address,
+    return ClaimedMessage(id=row.id, dedupe_key=row.dedupe_key, kind=row.kind,
+                          channel=row.channel, to=row.to_address,
                           appointment_id=row.appointment_id, patient_id=row.patient_id,
                           context=json.loads(row.context), due_at=row.due_at,
                           attempts=row.attempts, sending_at=row.sending_at)
+
+
+def reserve_slot(connection: Connection, name: str, now: datetime,
+                 interval: timedelta) -> datetime:
+    """The instant this caller may send, under a cap shared by every worker (GCRA).
+
+    Each caller takes the next free slot and moves it on by `interval`, under a row lock, so
+    the slots never overlap however many workers ask; the caller waits for its slot rather
+    than asking again, which costs one round trip per message.
+    """
+    insert_ignoring_duplicates(connection, rate_limits, dict(name=name, next_slot_at=now))
+    query = sa.select(rate_limits.c.next_slot_at).where(rate_limits.c.name == name)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    slot = max(connection.execute(query).scalar_one(), now)
+    connection.execute(rate_limits.update().where(rate_limits.c.name == name)
+                       .values(next_slot_at=slot + interval))
+    return slot
 
 
 class ContactRepository:
@@ -248,6 +314,35 @@ class OptOutRepository:
             opt_outs.c.phone == phone)).scalar())
 
 
+class AppointmentStates:
+    def __init__(self, connection: Connection):
+        self._c = connection
+
+    def advance(self, appointment_id: str, status: str, event_time: datetime) -> bool:
+        """Apply an appointment event unless a later one was applied already.
+
+        Events for one appointment leave booking in commit order, but two notify workers, or a
+        redelivery after a crash, can handle them out of order: a `booked` handled after its
+        `cancelled` must not plan reminders again. The row lock serialises the two handlers.
+        """
+        values = dict(appointment_id=appointment_id, status=status, event_time=event_time)
+        if insert_ignoring_duplicates(self._c, appointment_states, values):
+            return True
+        query = sa.select(appointment_states).where(
+            appointment_states.c.appointment_id == appointment_id)
+        if self._c.dialect.name == "postgresql":
+            query = query.with_for_update()
+        if self._c.execute(query).one().event_time > event_time:
+            return False
+        self._c.execute(appointment_states.update().where(
+            appointment_states.c.appointment_id == appointment_id).values(**values))
+        return True
+
+    def status(self, appointment_id: str) -> str | None:
+        return self._c.execute(sa.select(appointment_states.c.status).where(
+            appointment_states.c.appointment_id == appointment_id)).scalar()
+
+
 class WebhookReceipts:
     def __init__(self, connection: Connection, clock: Clock):
         self._c, self._clock = connection, clock
@@ -267,6 +362,7 @@ class NotifyUnitOfWork(UnitOfWork):
         self.contacts = ContactRepository(connection, self.clock)
         self.opt_outs = OptOutRepository(connection, self.clock)
         self.receipts = WebhookReceipts(connection, self.clock)
+        self.appointments = AppointmentStates(connection)
         self._wake_scheduler = False
 
     def wake_scheduler(self) -> None:

@@ -20,6 +20,10 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         data = event.data
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         appointment_id = data.get("appointment_id")
+        if event.type.startswith("booking.appointment.") and not uow.appointments.advance(
+                appointment_id, event.type.rsplit(".", 1)[1], event.time):
+            uow.commit()                    # overtaken by a later event: plan nothing
+            return
         if appointment_id and (cancel or cancel_all):
             uow.messages.cancel_pending(appointment_id, None if cancel_all else cancel)
         now = uow.clock.now()

@@ -1,13 +1,16 @@
-"""notify's background side: its outbox relay and consumers."""
+"""notify's background side: its outbox relay, its consumer and its scheduler."""
 from __future__ import annotations
 
 import threading
 
 from services.notify.db import shared_tables
 from services.notify.handlers import HANDLERS
+from services.notify.scheduler import Scheduler
 from shared.worker import background_threads, bind
 
 
 def threads(context, stop: threading.Event) -> list[threading.Thread]:
+    scheduler = Scheduler(context)
     return background_threads("notify", context.config.amqp_url, context.engine, shared_tables,
-                              context.clock, bind(HANDLERS, context), stop)
+                              context.clock, bind(HANDLERS, context), stop,
+                              extra=[scheduler.run])

@@ -92,3 +92,26 @@ def missed_call_text_allowed(now: datetime, last_sent_to_patient: datetime | Non
     texts; one reply tells them we know. Exactly an hour later a new call earns a new text.
     """
     return last_sent_to_patient is None or now - last_sent_to_patient >= MISSED_CALL_INTERVAL
+
+
+# Messages about an appointment that only make sense while it is still to come.
+ABOUT_A_COMING_APPOINTMENT = frozenset(
+    {"confirmation", "reminder", "rescheduled", "form_link", "form_nudge"})
+FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
+
+
+def still_wanted(kind: str, appointment_status: str | None) -> bool:
+    """Whether a due message should still go, given what we last heard of its appointment.
+
+    The handlers cancel pending messages when an appointment ends, but a message claimed a
+    moment earlier, or planned from an event handled late, is checked again at send time: a
+    reminder for a cancelled appointment is the one message a patient must never get.
+    """
+    return not (kind in ABOUT_A_COMING_APPOINTMENT and appointment_status in FINISHED_APPOINTMENT)
+
+
+def send_slot_interval(per_second: float) -> timedelta:
+    """The spacing of SMS sends under the cap: 1 / rate, every worker sharing it."""
+    if per_second <= 0:
+        raise ValueError("SMS_MAX_PER_SECOND must be positive")
+    return timedelta(seconds=1 / per_second)

@@ -1,0 +1,339 @@
+"""Sending what is due, once: the notifier's scheduler loop.
+
+A message's life is recorded around the provider call: `pending` -> claimed (`sending`, with a
+lease and a claim token) -> `begin_send` commits `sending_at` -> the provider call -> `sent`
+or `failed`, or back to `pending` when the provider certainly never took it. A worker that
+dies in the middle leaves the message `sending`; once its lease runs out another worker claims
+it and, for SMS, asks Twilio's message list whether it went before sending anything again.
+Nothing is held in memory between rounds: the schedule is the table.
+"""
+from __future__ import annotations
+
+import json
+import select
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+import sqlalchemy as sa
+
+from services.notify.db import (
+    CANCELLED,
+    DUE_CHANNEL,
+    FAILED,
+    PENDING,
+    SENDING,
+    SENT,
+    ClaimedMessage,
+    claim_due,
+    expired_leases,
+    messages,
+    reserve_slot,
+)
+from services.notify.model import backoff_delay
+from services.notify.model.delivery import send_slot_interval, still_wanted
+from services.notify.model.policy import PlannedMessage
+from services.notify.senders import PermanentSendError, TransientSendError
+from shared.events import new_event
+from shared.logging import get_logger
+
+log = get_logger("notify.scheduler")
+
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 8
+EMAIL_BATCH = 50
+IDLE_WAIT = 30.0
+KEEP_HISTORY = timedelta(days=90)
+
+
+class DueSignal:
+    """Wakes the scheduler when a handler commits a message that is due now.
+
+    PostgreSQL: LISTEN on the channel the handlers `pg_notify`, so a confirmation goes out
+    within milliseconds of its event and an idle worker costs nothing. SQLite (the embedded
+    default, one process): a short poll.
+    """
+
+    def __init__(self, engine: sa.Engine):
+        self._conninfo = None
+        if engine.dialect.name == "postgresql":
+            url = engine.url.set(drivername="postgresql")
+            self._conninfo = url.render_as_string(hide_password=False)
+        self._connection: psycopg.Connection | None = None
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        if self._conninfo is None:
+            stop.wait(min(timeout, 0.2))
+            return
+        try:
+            if self._connection is None or self._connection.closed:
+                self._connection = psycopg.connect(self._conninfo, autocommit=True,
+                                                   connect_timeout=5)
+                self._connection.execute(f'LISTEN "{DUE_CHANNEL}"')
+                return              # look once more: a commit may have come before LISTEN
+            ready, _, _ = select.select([self._connection.fileno()], [], [], min(timeout, 1.0))
+            if ready:
+                for _ in self._connection.notifies(timeout=0):
+                    pass
+        except (psycopg.Error, OSError, ValueError):
+            self.close()
+            stop.wait(min(timeout, 1.0))
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+
+@dataclass
+class Scheduler:
+    """One worker's dispatch loop; any number may run against one database."""
+
+    context: object            # NotifyContext: uow(), clock, texts, sms, email, config
+    lease: timedelta = LEASE
+
+    def __post_init__(self) -> None:
+        self.token = uuid.uuid4()
+        self.interval = send_slot_interval(self.context.config.sms_max_per_second)
+        # Enough SMS per claim to keep busy, few enough to be sent well within the lease.
+        self.sms_batch = max(1, min(50, int(self.lease.total_seconds() / 3
+                                            / self.interval.total_seconds())))
+        self.status_callback = (self.context.config.public_base_url_notify.rstrip("/")
+                                + "/webhooks/twilio/status")
+        self._last_prune = 0.0
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        signal = DueSignal(self.context.engine)
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    worked = self.dispatch_due(stop)
+                    failures = 0
+                    if not worked:
+                        signal.wait(self._idle_seconds(), stop)
+                except Exception as error:       # database away: back off, lose nothing
+                    failures += 1
+                    delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                    log.warning("scheduler.retrying", error=type(error).__name__,
+                                detail=str(error)[:200], retry_in=delay)
+                    stop.wait(delay)
+        finally:
+            signal.close()
+
+    def dispatch_due(self, stop: threading.Event | None = None) -> int:
+        """One round: recover abandoned sends, then send what is due. The count handled."""
+        stop = stop or threading.Event()
+        handled = 0
+        for message in self._claim(expired_leases, limit=EMAIL_BATCH):
+            self._recover(message)
+            handled += 1
+        for channel, limit in (("email", EMAIL_BATCH), ("sms", self.sms_batch)):
+            claimed = self._claim(claim_due, limit=limit, channel=channel)
+            for message in claimed:
+                if stop.is_set():
+                    self._release(message)
+                    continue
+                self.deliver(message)
+            handled += len(claimed)
+        self._prune_now_and_then()
+        return handled
+
+    def _idle_seconds(self) -> float:
+        with self.context.uow() as uow:
+            due = uow.messages.next_due_at()
+            lease = uow.connection.execute(sa.select(sa.func.min(messages.c.lease_until)).where(
+                messages.c.status == SENDING)).scalar()
+        soonest = min((t for t in (due, lease) if t is not None), default=None)
+        if soonest is None:
+            return IDLE_WAIT
+        return max(0.0, min(IDLE_WAIT, (soonest - self.context.clock.now()).total_seconds()))
+
+    def _claim(self, take, **kwargs) -> list[ClaimedMessage]:
+        with self.context.uow() as uow:
+            claimed = take(uow.connection, uow.clock.now(), lease=self.lease, token=self.token,
+                           **kwargs)
+            uow.commit()
+        return claimed
+
+    def _release(self, message: ClaimedMessage) -> None:
+        """Stopping: hand an unsent claim back at once rather than after its lease."""
+        with self.context.uow() as uow:
+            uow.messages.settle(message.id, self.token, status=PENDING)
+            uow.commit()
+
+    # --- one message -----------------------------------------------------------------------
+
+    def deliver(self, message: ClaimedMessage) -> None:
+        with self.context.uow() as uow:
+            reason = self._reason_not_to_send(uow, message)
+            if reason:
+                uow.messages.settle(message.id, self.token, status=CANCELLED, error=reason)
+                uow.commit()
+                log.info("message.skipped", message_id=str(message.id), kind=message.kind,
+                         reason=reason)
+                return
+        if message.attempts >= MAX_ATTEMPTS:
+            self._failed(message, None, f"gave up after {message.attempts} attempts")
+            return
+        if message.channel == "sms":
+            self._wait_for_send_slot()
+        with self.context.uow() as uow:
+            mine = uow.messages.begin_send(message.id, self.token, self.lease)
+            uow.commit()
+        if not mine:
+            return
+        try:
+            result = self._send(message)
+        except PermanentSendError as error:
+            self._failed(message, error.code, error.message)
+        except TransientSendError as error:
+            self._retry_later(message, error)
+        else:
+            self._sent(message, result.provider_id, result.status)
+
+    def _reason_not_to_send(self, uow, message: ClaimedMessage) -> str | None:
+        if message.appointment_id and not still_wanted(
+                message.kind, uow.appointments.status(message.appointment_id)):
+            return "appointment no longer coming"
+        if message.channel == "sms" and uow.opt_outs.is_opted_out(message.to):
+            return "opted out of SMS"
+        return None
+
+    def _wait_for_send_slot(self) -> None:
+        with self.context.uow() as uow:
+            slot = reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
+            uow.commit()
+        wait = (slot - self.context.clock.now()).total_seconds()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _send(self, message: ClaimedMessage):
+        texts = self.context.texts
+        if message.channel == "sms":
+            return self.context.sms.send_sms(message.to, texts.sms(message.kind, message.context),
+                                             self.status_callback, str(message.id))
+        subject, text, html = texts.email(message.kind, message.context)
+        return self.context.email.send_email(message.to, subject, text, html,
+                                             message_id=str(message.id))
+
+    def _recover(self, message: ClaimedMessage) -> None:
+        """A send left unfinished: find out whether it went before trying again."""
+        if message.sending_at is None:          # claimed, never handed to the provider
+            self._release(message)
+            return
+        if message.channel == "sms":
+            body = self.context.texts.sms(message.kind, message.context)
+            try:
+                sid = self.context.sms.find_sent(message.to, message.sending_at, body)
+            except (TransientSendError, PermanentSendError) as error:
+                self._hold(message, backoff_delay(min(message.attempts, 8), base=2.0, cap=300))
+                log.warning("message.unresolved", message_id=str(message.id),
+                            error=type(error).__name__)
+                return
+            if sid:
+                self._sent(message, sid, "sent")
+                log.info("message.recovered", message_id=str(message.id), provider_id=sid)
+                return
+        # Email has no such list to ask; the retry carries the same Message-ID, which mail
+        # systems use to drop a duplicate (docs/notifier.md).
+        self.deliver(message)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def _sent(self, message: ClaimedMessage, provider_id: str | None, status: str) -> None:
+        with self.context.uow() as uow:
+            if uow.messages.settle(message.id, self.token, status=SENT,
+                                   sent_at=uow.clock.now(), provider_id=provider_id,
+                                   provider_status=status, error=None, error_code=None):
+                uow.outbox.add(self._event("notify.message.sent", message, uow.clock,
+                                           provider_id=provider_id, status=SENT))
+            uow.commit()
+        log.info("message.sent", message_id=str(message.id), kind=message.kind,
+                 channel=message.channel, provider_id=provider_id)
+
+    def _failed(self, message: ClaimedMessage, code: int | None, reason: str) -> None:
+        with self.context.uow() as uow:
+            if uow.messages.settle(message.id, self.token, status=FAILED,
+                                   error_code=str(code) if code else None, error=reason[:300]):
+                uow.outbox.add(self._event("notify.message.failed", message, uow.clock,
+                                           status=FAILED, error_code=code))
+                schedule_email_fallback(uow, message.id, self.context.texts)
+            uow.commit()
+        log.warning("message.failed", message_id=str(message.id), kind=message.kind,
+                    channel=message.channel, error_code=code)
+
+    def _retry_later(self, message: ClaimedMessage, error: TransientSendError) -> None:
+        delay = error.retry_after or backoff_delay(message.attempts, base=2.0, cap=300)
+        delay = max(delay, 1.0)
+        if error.maybe_sent:
+            self._hold(message, delay)         # recovery asks the provider first
+        else:
+            with self.context.uow() as uow:
+                uow.messages.settle(message.id, self.token, status=PENDING,
+                                    due_at=uow.clock.now() + timedelta(seconds=delay),
+                                    error=error.message[:300])
+                uow.commit()
+        log.warning("message.retrying", message_id=str(message.id), channel=message.channel,
+                    http_status=error.http_status, retry_in=round(delay, 1),
+                    maybe_sent=error.maybe_sent)
+
+    def _hold(self, message: ClaimedMessage, delay: float) -> None:
+        with self.context.uow() as uow:
+            uow.connection.execute(messages.update().where(
+                messages.c.id == message.id, messages.c.claim_token == self.token,
+            ).values(lease_until=uow.clock.now() + timedelta(seconds=max(delay, 1.0))))
+            uow.commit()
+
+    @staticmethod
+    def _event(event_type: str, message: ClaimedMessage, clock, **extra):
+        return new_event("/notify", event_type, message.appointment_id or message.patient_id
+                         or message.id, message_event_data(message.id, message.kind,
+                                                           message.channel, message.appointment_id,
+                                                           message.patient_id, **extra), clock)
+
+    def _prune_now_and_then(self) -> None:
+        """Old finished messages are history: keep the table (and claims) small."""
+        if time.monotonic() - self._last_prune < 3600:
+            return
+        self._last_prune = time.monotonic()
+        with self.context.uow() as uow:
+            cutoff = uow.clock.now() - KEEP_HISTORY
+            uow.connection.execute(messages.delete().where(
+                messages.c.status.in_((SENT, "delivered", FAILED, CANCELLED)),
+                messages.c.updated_at < cutoff))
+            uow.commit()
+
+
+def message_event_data(message_id, kind: str, channel: str, appointment_id: str | None,
+                       patient_id: str | None, **extra) -> dict:
+    """What `notify.message.*` carries: ids and status, never the text or the address."""
+    return {"message_id": str(message_id), "kind": kind, "channel": channel,
+            "appointment_id": appointment_id, "patient_id": patient_id, **extra}
+
+
+def schedule_email_fallback(uow, message_id: uuid.UUID, texts) -> bool:
+    """An SMS that will not arrive goes by email, if the patient agreed to email and is not
+    getting this message by email already. Reception sees it in the log (`fallback_of`)."""
+    row = uow.messages.get(message_id)
+    if row is None or row.channel != "sms" or row.kind == "sms_fallback":
+        return False
+    sibling = row.dedupe_key.replace(":sms:", ":email:")
+    if uow.messages.exists(sibling):
+        return False
+    contact = uow.contacts.get(row.patient_id) if row.patient_id else None
+    if contact is None or not contact.email_ok or not contact.email:
+        return False
+    body = texts.sms(row.kind, json.loads(row.context))
+    return uow.messages.schedule(PlannedMessage(
+        kind="sms_fallback", channel="email", to=contact.email, due_at=uow.clock.now(),
+        appointment_id=row.appointment_id, patient_id=row.patient_id,
+        context={"sms_text": body}, dedupe_key=f"{row.id}:sms_fallback"), fallback_of=row.id)
+

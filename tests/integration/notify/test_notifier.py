@@ -1,0 +1,280 @@
+"""The notifier end to end inside one process: events in, messages out through the twilio SDK to
+FakeTwilio and smtplib to aiosmtpd, on PostgreSQL, with the clock moved by the test."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from services.notify.db import metadata
+from services.notify.scheduler import LEASE
+from shared.events import Event
+from tests.integration.notify.conftest import (
+    EMAIL,
+    PHONE,
+    appointment_event,
+    contact,
+    context_of,
+    new_id,
+)
+
+STARTS = datetime.fromisoformat("2026-11-30T10:00:00+00:00")
+
+
+def book(notifier, appointment_id=None, starts_at=STARTS, **extra):
+    appointment_id = appointment_id or new_id()
+    event = appointment_event("booked", appointment_id, starts_at, notifier.clock.now(), **extra)
+    notifier.handle(event)
+    return appointment_id, event
+
+
+def test_migrations_create_exactly_the_tables_the_code_uses(notifier):
+    with notifier.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+
+
+def test_a_booking_is_confirmed_at_once_by_sms_and_email_and_reminders_wait(notifier):
+    appointment_id, _ = book(notifier)
+    assert notifier.dispatch() == 2
+    [sms] = notifier.sms_to()
+    assert "Trigger point injection" in sms["body"] and "Mon 30 Nov at 10:00" in sms["body"]
+    assert "Reply YES to confirm, NO to cancel" in sms["body"]
+    assert sms["status_callback"] == "https://notify.clinic.example/webhooks/twilio/status"
+    [mail] = notifier.smtp.messages_to(EMAIL)
+    assert "Mon 30 Nov at 10:00" in mail.get_body(("plain",)).get_content()
+    reminders = notifier.rows(kind="reminder")
+    assert {(r.channel, r.due_at) for r in reminders} == {
+        (channel, STARTS - offset) for channel in ("sms", "email")
+        for offset in (timedelta(hours=48), timedelta(hours=2))}
+    assert all(r.status == "pending" for r in reminders)
+    sent = notifier.published("notify.message.sent")
+    assert {e.data["channel"] for e in sent} == {"sms", "email"}
+    assert all(e.subject == appointment_id for e in sent)
+    assert all("body" not in e.data and PHONE not in str(e.data) for e in sent)
+
+
+def test_reminders_go_at_their_time_once_each(notifier):
+    book(notifier)
+    notifier.dispatch()
+    notifier.clock.set("2026-11-28T09:59:00+00:00")
+    assert notifier.dispatch() == 0
+    notifier.clock.set("2026-11-28T10:00:00+00:00")
+    notifier.dispatch()
+    notifier.clock.set("2026-11-30T08:00:30+00:00")
+    notifier.dispatch()
+    notifier.dispatch()
+    bodies = [m["body"] for m in notifier.sms_to()]
+    assert len(bodies) == 3 and sum("reminder" in b for b in bodies) == 2
+    assert len(notifier.smtp.messages_to(EMAIL)) == 3
+
+
+def test_a_redelivered_event_plans_nothing_twice(notifier):
+    _, event = book(notifier)
+    notifier.handle(event)
+    assert len(notifier.rows()) == 6
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+
+
+def test_a_cancelled_appointment_gets_its_notice_and_no_reminder(notifier):
+    appointment_id, _ = book(notifier)
+    notifier.dispatch()
+    notifier.clock.advance(timedelta(hours=1))
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now(),
+                                      reason="clinic closed", cancelled_by="reception"))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-30T09:00:00+00:00")
+    notifier.dispatch()
+    bodies = [m["body"] for m in notifier.sms_to()]
+    assert len(bodies) == 2 and "sorry, we have had to cancel" in bodies[1]
+    assert {r.status for r in notifier.rows(kind="reminder")} == {"cancelled"}
+
+
+def test_a_booking_handled_after_its_cancellation_sends_nothing(notifier):
+    """Two workers, or a redelivery, can handle an appointment's events out of order."""
+    appointment_id = new_id()
+    booked_at = notifier.clock.now()
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS,
+                                      booked_at + timedelta(seconds=5), cancelled_by="patient"))
+    notifier.handle(appointment_event("booked", appointment_id, STARTS, booked_at))
+    notifier.clock.set("2026-11-30T09:00:00+00:00")
+    notifier.dispatch()
+    assert [m["body"] for m in notifier.sms_to()] == [
+        m["body"] for m in notifier.sms_to() if "as you asked" in m["body"]]
+    assert notifier.rows(kind="reminder") == [] and notifier.rows(kind="confirmation") == []
+
+
+def test_a_reminder_claimed_as_the_appointment_is_cancelled_is_not_sent(notifier):
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-28T10:00:00+00:00")
+    scheduler = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        from services.notify.db import claim_due
+        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, scheduler.token)
+        uow.commit()
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
+    scheduler.deliver(reminder)
+    assert not any("reminder" in m["body"] for m in notifier.sms_to())
+    [row] = notifier.rows(id=reminder.id)
+    assert row.status == "cancelled" and row.error == "appointment no longer coming"
+
+
+def test_a_reschedule_replaces_the_reminders_and_tells_the_new_time(notifier):
+    appointment_id, _ = book(notifier)
+    notifier.dispatch()
+    later = STARTS + timedelta(days=2, hours=4)
+    notifier.clock.advance(timedelta(minutes=10))
+    notifier.handle(appointment_event("rescheduled", appointment_id, later, notifier.clock.now(),
+                                      previous_starts_at=STARTS.isoformat()))
+    notifier.dispatch()
+    assert "moved to Wed 2 Dec at 14:00" in notifier.sms_to()[-1]["body"]
+    pending = [r for r in notifier.rows(kind="reminder") if r.status == "pending"]
+    assert {r.due_at for r in pending} == {later - timedelta(hours=48), later - timedelta(hours=2)}
+    assert all(context_of(r)["starts_at"].startswith("2026-12-02T14:00") for r in pending)
+
+
+def test_an_invalid_number_fails_for_good_and_the_message_goes_by_email(notifier):
+    book(notifier, contact=contact(phone="+447400999999", sms=True, email_ok=True))
+    # Only SMS consent for the confirmation's email twin would duplicate it: the patient here
+    # agreed to both, so the fallback is skipped for messages already going by email.
+    notifier.dispatch()
+    [failed] = [r for r in notifier.rows(kind="confirmation") if r.channel == "sms"]
+    assert failed.status == "failed" and failed.error_code == "21211"
+    assert notifier.rows(kind="sms_fallback") == []
+    [event] = notifier.published("notify.message.failed")
+    assert event.data["error_code"] == 21211
+
+
+def test_a_failed_check_in_sms_falls_back_to_email(notifier):
+    """A check-in goes by SMS only (a text reply gives the score); when the SMS cannot be
+    delivered, a patient who agreed to email gets it that way instead."""
+    appointment_id = new_id()
+    notifier.handle(Event(
+        type="booking.followup.scheduled", source="/booking", subject=appointment_id,
+        time=notifier.clock.now(), data={
+            "followup_id": new_id(), "appointment_id": appointment_id, "patient_id": "p-1",
+            "kind": "checkin", "due_at": notifier.clock.now().isoformat(),
+            "treatment": {"code": "TPI", "name": "Trigger point injection"},
+            "contact": contact(phone="+447400999999")}))
+    notifier.dispatch()
+    notifier.dispatch()
+    [original] = notifier.rows(kind="checkin")
+    assert original.status == "failed" and original.error_code == "21211"
+    [fallback] = notifier.rows(kind="sms_fallback")
+    assert fallback.status == "sent" and fallback.channel == "email"
+    assert fallback.fallback_of == original.id
+    [mail] = notifier.smtp.messages_to(EMAIL)
+    assert "how is your pain" in mail.get_body(("plain",)).get_content()
+
+
+def test_429_is_retried_later_and_sent_once(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    notifier.twilio.fail_next(1, status=429, retry_after=2)
+    notifier.dispatch()
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "pending" and notifier.sms_to() == []
+    assert row.due_at == notifier.clock.now() + timedelta(seconds=2)
+    notifier.clock.advance(timedelta(seconds=2))
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    assert notifier.rows(kind="confirmation")[0].status == "sent"
+
+
+def test_a_500_is_checked_against_twilios_list_before_sending_again(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    notifier.twilio.fail_next(1, status=500)
+    notifier.dispatch()
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sending" and notifier.sms_to() == []
+    notifier.clock.advance(timedelta(seconds=300))
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    list_calls = [r for r in notifier.twilio.requests if r["method"] == "GET"]
+    assert list_calls and all(r["query"].get("To") == PHONE for r in list_calls)
+
+
+def test_a_worker_that_died_after_twilio_took_the_message_does_not_send_it_twice(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    dead = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        from services.notify.db import claim_due
+        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token)
+        uow.commit()
+    with notifier.context.uow() as uow:
+        assert uow.messages.begin_send(message.id, dead.token, LEASE)
+        uow.commit()
+    dead._send(message)                      # Twilio took it; the worker died before recording
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()                      # another worker recovers the abandoned send
+    assert len(notifier.sms_to()) == 1
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sent" and row.provider_id == notifier.sms_to()[0]["sid"]
+
+
+def test_a_claim_abandoned_before_the_provider_call_is_sent_by_another_worker(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    dead = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        from services.notify.db import claim_due
+        claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token)
+        uow.commit()
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    assert not any(r["method"] == "GET" for r in notifier.twilio.requests)
+
+
+def test_three_workers_send_every_message_exactly_once(notifier):
+    for n in range(40):
+        book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
+             contact=contact(phone=f"+4474001{n:05d}", email=f"p{n}@example.org"))
+    workers = [notifier.scheduler() for _ in range(3)]
+    threads = [threading.Thread(target=w.dispatch_due) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for worker in workers:                    # anything left after the first round
+        worker.dispatch_due()
+    phones = [m["to"] for m in notifier.twilio.messages]
+    assert len(phones) == 40 and len(set(phones)) == 40
+    assert len(notifier.smtp.messages) == 40
+    assert {r.status for r in notifier.rows(kind="confirmation")} == {"sent"}
+
+
+def test_quiet_hours_move_a_reminder_out_of_the_night(notifier):
+    early = datetime.fromisoformat("2026-12-01T08:30:00+00:00")   # 2h before is 06:30 local
+    book(notifier, starts_at=early)
+    dues = {r.due_at for r in notifier.rows(kind="reminder")}
+    assert dues == {early - timedelta(hours=48), datetime.fromisoformat("2026-12-01T08:00+00:00")}
+
+
+def test_the_message_log_shows_status_without_text_or_address(notifier):
+    appointment_id, _ = book(notifier)
+    notifier.dispatch()
+    client = notifier.app().test_client()
+    assert client.get(f"/api/v1/messages?appointment_id={appointment_id}").status_code == 401
+    response = client.get(f"/api/v1/messages?appointment_id={appointment_id}",
+                          headers={"Authorization": f"Bearer {notifier.token}"})
+    assert response.status_code == 200
+    log = response.get_json()
+    assert {(m["kind"], m["status"]) for m in log} >= {("confirmation", "sent"),
+                                                        ("reminder", "pending")}
+    text = response.get_data(as_text=True)
+    assert PHONE not in text and EMAIL not in text and "Reply YES" not in text
+    missing = client.get("/api/v1/messages", headers={"Authorization": f"Bearer {notifier.token}"})
+    assert missing.status_code == 422 and "appointment_id" in missing.get_json()["error"]["fields"]
+
+
+def test_the_outbox_rows_commit_with_the_outcome(notifier):
+    book(notifier)
+    notifier.dispatch()
+    with notifier.engine.connect() as connection:
+        sent = connection.execute(sa.text("select count(*) from messages where status='sent'"))
+        assert sent.scalar() == len(notifier.published("notify.message.sent")) == 2
