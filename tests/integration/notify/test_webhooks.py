@@ -1,0 +1,201 @@
+"""Twilio's webhooks into notify: signed as Twilio signs them (by FakeTwilio), posted to the app
+on PostgreSQL. Replies reach booking as events; delivery reports move messages on, never back."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.integration.notify.conftest import (
+    EMAIL,
+    PHONE,
+    PUBLIC_NOTIFY,
+    appointment_event,
+    contact,
+    new_id,
+)
+from tests.integration.notify.test_notifier import STARTS, book
+
+SMS_URL = f"{PUBLIC_NOTIFY}/webhooks/twilio/sms"
+STATUS_URL = f"{PUBLIC_NOTIFY}/webhooks/twilio/status"
+
+
+def post(client, request):
+    url, form, headers = request
+    return client.post(url.removeprefix(PUBLIC_NOTIFY), data=form, headers=headers)
+
+
+@pytest.fixture
+def client(notifier):
+    return notifier.app().test_client()
+
+
+def reply(notifier, client, body, phone=PHONE):
+    return post(client, notifier.twilio.inbound_sms_request(phone, body, SMS_URL))
+
+
+@pytest.mark.parametrize("body, intent, score", [
+    ("YES", "confirm", None), ("c", "confirm", None), ("No.", "cancel", None),
+    ("STOP", "opt_out", None), ("unstop", "opt_in", None), ("7", "score", 7),
+    ("7/10", "score", 7), ("No problem, see you then", "other", None),
+])
+def test_a_reply_is_published_for_booking_with_its_intent(notifier, client, body, intent, score):
+    book(notifier, patient_id="p-42")
+    response = reply(notifier, client, body)
+    assert response.status_code == 200
+    assert response.mimetype == "text/xml" and b"<Response>" in response.data
+    [event] = notifier.published("notify.reply.received")
+    assert event.data["intent"] == intent and event.data["score"] == score
+    assert event.data["patient_id"] == "p-42" and event.data["phone"] == PHONE
+    assert set(event.data) == {"patient_id", "phone", "intent", "score", "message_sid"}
+
+
+def test_a_reply_from_an_unknown_number_still_reaches_booking_without_a_patient(notifier, client):
+    reply(notifier, client, "YES", phone="+447400555555")
+    [event] = notifier.published("notify.reply.received")
+    assert event.data["patient_id"] is None and event.subject.startswith("SM")
+
+
+def test_a_retried_webhook_is_applied_once(notifier, client):
+    request = notifier.twilio.inbound_sms_request(PHONE, "YES", SMS_URL)
+    assert post(client, request).status_code == 200
+    assert post(client, request).status_code == 200
+    assert len(notifier.published("notify.reply.received")) == 1
+
+
+@pytest.mark.parametrize("tamper", ["signature", "body", "token"])
+def test_an_unsigned_or_forged_webhook_is_refused(notifier, client, tamper):
+    url, form, headers = notifier.twilio.inbound_sms_request(
+        PHONE, "STOP", SMS_URL, auth_token="wrong" if tamper == "token" else None)
+    if tamper == "signature":
+        headers.pop("X-Twilio-Signature")
+    if tamper == "body":
+        form["Body"] = "YES"
+    response = client.post("/webhooks/twilio/sms", data=form, headers=headers)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+    assert notifier.published("notify.reply.received") == []
+
+
+def test_a_webhook_without_its_fields_is_a_clear_400(notifier, client):
+    url, form, headers = notifier.twilio.inbound_sms_request(PHONE, "YES", SMS_URL)
+    del form["MessageSid"], form["SmsSid"], form["SmsMessageSid"]
+    from twilio.request_validator import RequestValidator
+    headers["X-Twilio-Signature"] = RequestValidator(
+        notifier.twilio.auth_token).compute_signature(url, form)
+    response = client.post("/webhooks/twilio/sms", data=form, headers=headers)
+    assert response.status_code == 400
+    assert "MessageSid" in response.get_json()["error"]["fields"]
+
+
+def test_stop_holds_every_sms_until_start(notifier, client):
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    reply(notifier, client, "STOP")
+    notifier.clock.set("2026-11-28T10:00:00+00:00")
+    notifier.dispatch()
+    [reminder, _] = notifier.rows(kind="reminder")
+    assert reminder.status == "cancelled" and reminder.error == "opted out of SMS"
+    assert len(notifier.sms_to()) == 1
+    reply(notifier, client, "START")
+    notifier.clock.set("2026-11-30T08:00:00+00:00")
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 2
+
+
+def sent_sms(notifier, **contact_changes):
+    appointment_id, _ = book(notifier, contact=contact(**contact_changes))
+    notifier.dispatch()
+    [row] = [r for r in notifier.rows(kind="confirmation") if r.channel == "sms"]
+    return appointment_id, row
+
+
+def report(notifier, client, sid, status, error_code=None):
+    return post(client, notifier.twilio.status_callback_request(sid, status,
+                                                                error_code=error_code))
+
+
+def test_delivered_is_recorded_and_published(notifier, client):
+    appointment_id, row = sent_sms(notifier)
+    assert report(notifier, client, row.provider_id, "delivered").status_code == 204
+    [after] = notifier.rows(id=row.id)
+    assert after.status == "delivered" and after.delivered_at == notifier.clock.now()
+    [event] = notifier.published("notify.message.delivered")
+    assert event.subject == appointment_id and event.data["message_id"] == str(row.id)
+
+
+def test_a_late_sent_report_does_not_undo_delivered(notifier, client):
+    _, row = sent_sms(notifier)
+    report(notifier, client, row.provider_id, "delivered")
+    report(notifier, client, row.provider_id, "sent")
+    [after] = notifier.rows(id=row.id)
+    assert after.status == "delivered" and after.provider_status == "delivered"
+    assert len(notifier.published("notify.message.delivered")) == 1
+
+
+def test_a_repeated_report_counts_once(notifier, client):
+    _, row = sent_sms(notifier)
+    request = notifier.twilio.status_callback_request(row.provider_id, "delivered")
+    post(client, request)
+    post(client, request)
+    assert len(notifier.published("notify.message.delivered")) == 1
+
+
+def test_an_undelivered_sms_fails_and_goes_by_email_when_it_had_no_email_twin(notifier, client):
+    notifier.handle(appointment_event("booked", new_id(), STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=True)))
+    followup_id = new_id()
+    from shared.events import Event
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=followup_id, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": new_id(),
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": notifier.clock.now().isoformat(),
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact()}))
+    notifier.dispatch()
+    [checkin] = notifier.rows(kind="checkin")
+    assert checkin.status == "sent"
+    report(notifier, client, checkin.provider_id, "undelivered", error_code=30003)
+    [after] = notifier.rows(id=checkin.id)
+    assert after.status == "failed" and after.error_code == "30003"
+    notifier.dispatch()
+    [fallback] = notifier.rows(kind="sms_fallback")
+    assert fallback.status == "sent" and fallback.fallback_of == checkin.id
+    assert any("how is your pain" in m.get_body(("plain",)).get_content()
+               for m in notifier.smtp.messages_to(EMAIL))
+    assert [e.data["error_code"] for e in notifier.published("notify.message.failed")] == [
+        "30003"]
+
+
+def test_a_report_for_a_message_we_do_not_know_is_accepted_and_ignored(notifier, client):
+    book(notifier)
+    notifier.dispatch()
+    other = notifier.twilio.status_callback_request(
+        notifier.sms_to()[0]["sid"], "delivered")
+    url, form, headers = other
+    form["MessageSid"] = "SM" + "0" * 32
+    from twilio.request_validator import RequestValidator
+    headers["X-Twilio-Signature"] = RequestValidator(
+        notifier.twilio.auth_token).compute_signature(url, form)
+    response = client.post("/webhooks/twilio/status", data=form, headers=headers)
+    assert response.status_code == 204
+    assert notifier.published("notify.message.delivered") == []
+
+
+def test_the_sms_cap_spaces_sends_across_workers(notifier):
+    """SMS_MAX_PER_SECOND holds across workers: each send takes the next slot in the
+    database, so the slots handed out are 1/rate apart whoever asks."""
+    from services.notify.db import reserve_slot
+    interval = timedelta(milliseconds=250)
+    now = notifier.clock.now()
+    slots = []
+    for _ in range(8):
+        with notifier.context.uow() as uow:
+            slots.append(reserve_slot(uow.connection, "sms", now, interval))
+            uow.commit()
+    assert slots == [now + n * interval for n in range(8)]
+    notifier.clock.advance(timedelta(seconds=10))
+    with notifier.context.uow() as uow:
+        assert reserve_slot(uow.connection, "sms", notifier.clock.now(), interval) == (
+            notifier.clock.now())
