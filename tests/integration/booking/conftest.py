@@ -181,19 +181,22 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
 
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._upstream)
             except OSError:
                 return
-            upstream = socket.create_connection(self._upstream)
             with self._lock:
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                for source, sink in ((client, upstream), (upstream, client)):
+                    pump = threading.Thread(target=self._pump, args=(source, sink), daemon=True)
+                    pump.start()
+                    self._threads.append(pump)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -202,19 +205,20 @@ class TcpProxy:
                 sink.sendall(chunk)
         except OSError:
             pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def cut(self) -> None:
-        self._listener.close()
+        # shutdown() first: close() alone leaves a thread blocked in accept() listening.
+        for end in [self._listener, *self._sockets]:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
         with self._lock:
-            for end in self._sockets:
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            for end in [self._listener, *self._sockets]:
                 end.close()

@@ -1,0 +1,92 @@
+"""When PostgreSQL cannot be reached the service says so (503, JSON, "nothing was saved") and
+stays alive: /healthz answers, /readyz takes it out of the load balancer."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+import sqlalchemy as sa
+
+from services.booking.app import bootstrap, create_app
+from shared.config import Config
+from shared.db import make_engine
+
+from .conftest import PATIENT, TcpProxy
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def app_on():
+    """Builds booking apps on a given database URL; disposes of their engines afterwards."""
+    engines = []
+
+    def build(url: str, clock):
+        config = Config(database_urls={"booking": url}, testing=True)
+        engines.append(make_engine(url))
+        return create_app(config, bootstrap(config, engine=engines[-1], clock=clock))
+
+    yield build
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def relay():
+    """A cuttable relay to the local PostgreSQL, cut at the end whatever happened."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    yield proxy
+    proxy.cut()
+
+
+def _assert_unavailable(response) -> None:
+    assert response.status_code == 503, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "unavailable"
+    assert "nothing was saved" in error["message"]
+
+
+def test_an_unreachable_database_gives_503_not_a_crash_or_a_401(pg_booking, app_on):
+    app = app_on(f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/booking",
+                  pg_booking.clock)
+    client = app.test_client()
+
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["database"] is False
+    # The token cannot be checked either: that is an outage, not a wrong token.
+    _assert_unavailable(client.post("/api/v1/patients", json=PATIENT, headers=pg_booking.admin))
+    _assert_unavailable(client.get("/api/v1/treatments", headers=pg_booking.admin))
+    assert client.get("/metrics").status_code == 200
+
+
+def test_a_database_lost_mid_life_refuses_writes_and_saves_nothing(pg_booking, app_on,
+                                                                  relay):
+    """The app reaches PostgreSQL through a relay that the test then cuts, as a network
+    partition would; its token is still in the authenticator's cache, so the requests get
+    as far as their transactions."""
+    database = sa.make_url(str(pg_booking.engine.url)).database
+    app = app_on(f"postgresql+psycopg://postgres@127.0.0.1:{relay.port}/{database}",
+                  pg_booking.clock)
+    client = app.test_client()
+    assert client.post("/api/v1/patients", json=PATIENT,
+                       headers=pg_booking.admin).status_code == 201
+    assert client.get("/readyz").status_code == 200
+    before = pg_booking.counts()
+
+    relay.cut()
+
+    _assert_unavailable(client.post("/api/v1/patients", json=PATIENT,
+                                    headers=pg_booking.admin))
+    _assert_unavailable(client.post("/api/v1/appointments", headers=pg_booking.admin, json={
+        "patient_id": pg_booking.patient_id, "clinician_id": str(pg_booking.shah),
+        "treatment_code": "TPI", "starts_at": "2026-10-21T10:00:00+01:00"}))
+    _assert_unavailable(client.post("/api/v1/clinicians", headers=pg_booking.admin, json={
+        "name": "Dr Lost", "working_hours": [{"weekday": 0, "start": "09:00", "end": "17:00"}]}))
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+    assert pg_booking.counts() == before
