@@ -111,8 +111,8 @@ class Server:
     process: ClinicProcess
     base_url: str
 
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.base_url + path, timeout=10)
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.base_url + path, timeout=10, **kwargs)
 
     def wait_until_answering(self, timeout: float = 30.0) -> None:
         def answering():
@@ -293,6 +293,16 @@ class EventWatcher:
     def _on_message(self, _channel, method, properties, body: bytes) -> None:
         self.received.append(Received(method.routing_key, properties.content_type,
                                       properties.message_id, body))
+
+    def consumer_count(self, queue: str) -> int:
+        channel = self._connection.channel()
+        try:
+            return channel.queue_declare(queue, passive=True).method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0  # not declared yet
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def publish(self, routing_key: str, body: bytes) -> None:
         self._connection.channel().basic_publish(

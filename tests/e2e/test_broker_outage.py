@@ -38,6 +38,7 @@ def test_bookings_during_a_broker_outage_are_all_announced_once_in_commit_order(
     with broker_stopped(), ThreadPoolExecutor(8) as pool:
         appointments = list(pool.map(book, range(BOOKINGS)))  # each asserts its 201
         list(pool.map(move_twice, range(RESCHEDULED)))
+        late = booking.clinic.worker()  # one that starts while the broker is away
     watcher.connect()
 
     committed = booking.outbox()
@@ -50,7 +51,9 @@ def test_bookings_during_a_broker_outage_are_all_announced_once_in_commit_order(
     booked = [m for m in received if m.routing_key == "booking.appointment.booked"]
     assert {m.json()["subject"] for m in booked} >= set(appointments)
     assert_commit_order_per_subject(first_arrivals(received), committed)
-    assert worker.alive()
+    assert worker.alive() and late.alive()
+    wait_until(lambda: watcher.consumer_count("clinic.booking") == 2, timeout=45,
+               what="both workers consuming again")
 
     # The consumer came back too: a patient's reply is handled after the restart.
     reply = reply_event("+447400999001", "other")
