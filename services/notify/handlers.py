@@ -18,17 +18,18 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         if not uow.processed.add(consumer, event.id):
             return
         data = event.data
-        uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         appointment_id = data.get("appointment_id")
         if event.type.startswith("booking.appointment.") and not uow.appointments.advance(
                 appointment_id, event.type.rsplit(".", 1)[1], event.time):
             uow.commit()                    # overtaken by a later event: plan nothing
             return
+        uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         if appointment_id and (cancel or cancel_all):
             uow.messages.cancel_pending(appointment_id, None if cancel_all else cancel)
-        now = uow.clock.now()
         for planned in plan():
-            if uow.messages.schedule(planned) and planned.due_at <= now:
+            # Every new row wakes the schedulers, not only those due now: one idling until a
+            # later time must learn of a message due sooner.
+            if uow.messages.schedule(planned):
                 uow.wake_scheduler()
         uow.commit()
 
