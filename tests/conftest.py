@@ -34,20 +34,35 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @pytest.fixture
-def postgres_url():
-    """A new empty database; yields its SQLAlchemy URL and drops it afterwards."""
+def make_postgres_url():
+    """A factory of new empty databases (a test with several services needs one each); every
+    database it made is dropped afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        try:
+            admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+        except psycopg.OperationalError as error:
+            _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
+        name = f"clinic_test_{uuid.uuid4().hex[:12]}"
+        with admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
-    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield make
     finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if made:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                for name in made:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(make_postgres_url):
+    """A new empty database; yields its SQLAlchemy URL and drops it afterwards."""
+    return make_postgres_url()
 
 
 def rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
