@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import flask_smorest
+import marshmallow as ma
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from kombu import Connection
@@ -47,8 +48,24 @@ def _flatten_webargs(messages: dict) -> dict:
     return fields
 
 
+class ErrorDetail(ma.Schema):
+    code = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+    fields = ma.fields.Dict(keys=ma.fields.String(), required=True,
+                            metadata={"description": "per field (nested for objects): why"})
+
+
+class ErrorResponse(ma.Schema):
+    """The contract's error body, `{"error": {"code", "message", "fields"}}`, as documented in
+    /openapi.json: clients generated from the document must be able to read our errors."""
+
+    error = ma.fields.Nested(ErrorDetail, required=True)
+
+
 class ClinicApi(flask_smorest.Api):
     """flask-smorest, answering every HTTP error in the contract's JSON shape."""
+
+    ERROR_SCHEMA = ErrorResponse
 
     def handle_http_exception(self, error: HTTPException):
         data = getattr(error, "data", None) or {}

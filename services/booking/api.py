@@ -20,7 +20,7 @@ from services.booking.schemas import (
     RescheduleIn, TreatmentOut,
 )
 from shared.errors import NotFound
-from shared.web import json_error, protect, require_role
+from shared.web import ErrorResponse, json_error, protect, require_role
 
 api = ApiBlueprint("booking", __name__, url_prefix="/api/v1",
                    description="Patients, clinicians, treatments, availability, appointments")
@@ -121,7 +121,7 @@ class Appointments(MethodView):
     @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
     @api.arguments(AppointmentIn)
     @api.response(201, AppointmentOut)
-    @api.alt_response(409, description="The slot is taken")
+    @api.alt_response(409, schema=ErrorResponse, description="The slot is taken")
     def post(self, fields):
         ctx = _context()
         appointment = service.book_appointment(
