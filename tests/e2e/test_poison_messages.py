@@ -60,9 +60,11 @@ def test_poison_messages_are_parked_with_their_reason_and_the_rest_are_processed
             reply_event(f"+44740099{n:04d}", "confirm" if n % 2 else "other")
             for n in range(99)]
         poison = _poison()
+        # A well-formed event booking's handler cannot apply: retried, then parked too.
+        unusable = json.dumps(reply_event(ALICE_PHONE, "cancel", "not-a-uuid")).encode()
         bodies = [json.dumps(event).encode() for event in good]
-        for index, body in enumerate(poison):
-            bodies.insert(index * 21 + 7, body)
+        for index, body in enumerate([*poison, unusable]):
+            bodies.insert(index * 17 + 7, body)
         channel = connection.channel()
         channel.confirm_delivery()
         for body in bodies:
@@ -80,23 +82,26 @@ def test_poison_messages_are_parked_with_their_reason_and_the_rest_are_processed
             method, properties, body = channel.basic_get("clinic.booking.dead", auto_ack=True)
             if method is not None:
                 parked.append((properties, body))
-            return len(parked) == len(poison)
-        wait_until(drain_parked, timeout=20, what="five parked messages", interval=0.01)
-        assert sorted(body for _, body in parked) == sorted(poison)
-        for properties, _ in parked:
+            return len(parked) == len(poison) + 1
+        wait_until(drain_parked, timeout=30, what="six parked messages", interval=0.01)
+        assert sorted(body for _, body in parked) == sorted([*poison, unusable])
+        for properties, body in parked:
             headers = properties.headers or {}
-            reason = headers.get("x-clinic-error") or str(headers.get("x-death"))
-            assert reason.startswith("invalid event:"), reason
+            reason = headers.get("x-clinic-error", "")
             assert headers.get("x-clinic-queue") == "clinic.booking"
+            if body == unusable:
+                assert reason.startswith("handler failed on delivery 5: ValueError"), reason
+            else:
+                assert reason.startswith("invalid event:"), reason
 
         wait_until(lambda: _queue_depth(amqp_url, "clinic.booking") == 0, timeout=20,
                    what="clinic.booking to be empty", interval=0.3)
-        assert _queue_depth(amqp_url, "clinic.booking.dead") == 0  # we took all five
+        assert _queue_depth(amqp_url, "clinic.booking.dead") == 0  # we took all six
 
         appointments = booking.query(
-            "SELECT a.confirmed FROM appointments a JOIN patients p ON p.id = a.patient_id "
-            "WHERE p.phone = %s", ALICE_PHONE)
-        assert appointments == [(True,)], "Alice's YES confirmed her next appointment"
+            "SELECT a.status, a.confirmed FROM appointments a "
+            "JOIN patients p ON p.id = a.patient_id WHERE p.phone = %s", ALICE_PHONE)
+        assert appointments == [("booked", True)], "Alice's YES confirmed her next appointment"
         announced = [row for row in booking.outbox() if row[1] == "booking.appointment.confirmed"]
         assert len(announced) == 1
     finally:
