@@ -1,7 +1,7 @@
 """Time as a dependency: scheduling code takes a clock so tests can stand at any instant."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -12,7 +12,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FixedClock:
@@ -22,7 +22,7 @@ class FixedClock:
         instant = datetime.fromisoformat(at) if isinstance(at, str) else at
         if instant.tzinfo is None:
             raise ValueError("FixedClock needs an aware datetime")
-        self._now = instant.astimezone(timezone.utc)
+        self._now = instant.astimezone(UTC)
 
     def now(self) -> datetime:
         return self._now

@@ -6,9 +6,9 @@ and the resulting object is handed to `create_app` / `bootstrap`.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 from zoneinfo import ZoneInfo
 
 SERVICES = ("booking", "forms", "notify")
@@ -62,6 +62,7 @@ class Config:
     phone_webhook_secret: str = "dev-phone-secret"
     reminder_offsets: str = "48h,2h"
     quiet_hours: str = "21:00-08:00"
+    notify_lease_seconds: float = 60.0
     var_dir: Path = Path("var")
     log_level: str = "INFO"
     testing: bool = False
@@ -116,6 +117,7 @@ class Config:
             or _secret(var_dir, "phone_webhook_secret"),
             reminder_offsets=env.get("REMINDER_OFFSETS", "48h,2h"),
             quiet_hours=env.get("QUIET_HOURS", "21:00-08:00"),
+            notify_lease_seconds=float(get("NOTIFY_LEASE_SECONDS", "60")),
             var_dir=var_dir,
             log_level=get("LOG_LEVEL", "INFO"),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from kombu import Connection, Producer
@@ -22,7 +22,11 @@ from kombu.mixins import ConsumerMixin
 from shared.events import Event, InvalidEvent, decode
 from shared.logging import get_logger
 from shared.messaging import (
-    DELIVERY_LIMIT, dead_letter_exchange, declare_topology, queue_name, service_queue,
+    DELIVERY_LIMIT,
+    dead_letter_exchange,
+    declare_topology,
+    queue_name,
+    service_queue,
 )
 
 log = get_logger("consumer")
@@ -134,7 +138,7 @@ class EventConsumer(ConsumerMixin):
         headers.update({
             "x-clinic-error": reason,
             "x-clinic-queue": queue_name(self.service),
-            "x-clinic-parked-at": datetime.now(timezone.utc).isoformat(),
+            "x-clinic-parked-at": datetime.now(UTC).isoformat(),
         })
         channel = self._current_connection.channel()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -34,7 +34,7 @@ class Event:
     subject: str
     data: dict[str, Any]
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def new_event(source: str, type: str, subject: Any, data: dict[str, Any], clock: Clock) -> Event:
@@ -49,7 +49,7 @@ def encode(event: Event) -> bytes:
             "source": event.source,
             "type": event.type,
             "subject": event.subject,
-            "time": event.time.astimezone(timezone.utc),
+            "time": event.time.astimezone(UTC),
             "datacontenttype": "application/json",
         },
         event.data,
@@ -93,6 +93,6 @@ def decode(body: bytes | str) -> Event:
         source=attributes["source"],
         type=attributes["type"],
         subject=str(attributes["subject"]),
-        time=time.astimezone(timezone.utc),
+        time=time.astimezone(UTC),
         data=data,
     )

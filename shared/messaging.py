@@ -6,7 +6,6 @@ per message. On `memory://` (the embedded default) there is nothing to confirm.
 """
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 import amqp
@@ -176,7 +175,7 @@ class Publisher:
         while self._confirmed_up_to < self._next_tag and not self._nacked:
             try:
                 self._connection.drain_events(timeout=self._confirm_timeout)
-            except socket.timeout as error:
+            except TimeoutError as error:
                 self.close()
                 raise PublishFailed("broker did not confirm the batch in time") from error
         if self._nacked:

@@ -11,7 +11,11 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from flask import Flask, g, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector

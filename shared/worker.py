@@ -27,7 +27,8 @@ def bind(handlers: Mapping[str, Callable], context) -> dict[str, Callable]:
 
 def background_threads(service: str, amqp_url: str, engine: sa.Engine, tables: SharedTables,
                        clock: Clock, handlers: Mapping[str, Callable], stop: threading.Event,
-                       extra: list[Callable[[threading.Event], None]] = ()) -> list[threading.Thread]:
+                       extra: list[Callable[[threading.Event], None]] = (),
+                       ) -> list[threading.Thread]:
     relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), clock, service)
     loops: list[tuple[str, Callable]] = [("relay", lambda: relay.run(stop))]
     if handlers:

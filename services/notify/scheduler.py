@@ -42,7 +42,6 @@ from shared.logging import get_logger
 
 log = get_logger("notify.scheduler")
 
-LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 EMAIL_BATCH = 50
 IDLE_WAIT = 30.0
@@ -95,9 +94,10 @@ class Scheduler:
     """One worker's dispatch loop; any number may run against one database."""
 
     context: object            # NotifyContext: uow(), clock, texts, sms, email, config
-    lease: timedelta = LEASE
+    lease: timedelta | None = None
 
     def __post_init__(self) -> None:
+        self.lease = self.lease or timedelta(seconds=self.context.config.notify_lease_seconds)
         self.token = uuid.uuid4()
         self.interval = send_slot_interval(self.context.config.sms_max_per_second)
         # Enough SMS per claim to keep busy, few enough to be sent well within the lease.

@@ -10,7 +10,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services.notify.db import metadata
-from services.notify.scheduler import LEASE
 from shared.events import Event
 from tests.integration.notify.conftest import (
     EMAIL,
@@ -22,6 +21,7 @@ from tests.integration.notify.conftest import (
 )
 
 STARTS = datetime.fromisoformat("2026-11-30T10:00:00+00:00")
+LEASE = timedelta(seconds=60)            # NOTIFY_LEASE_SECONDS' default
 
 
 def book(notifier, appointment_id=None, starts_at=STARTS, **extra):
