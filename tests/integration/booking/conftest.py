@@ -10,9 +10,11 @@ import json
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import time
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from werkzeug.serving import make_server
@@ -25,6 +27,7 @@ from shared.config import Config
 from shared.db import make_engine
 from shared.migrations import upgrade
 from shared.web import create_token, new_token
+from tests.conftest import PG_ADMIN, _unavailable
 
 NOW = "2026-10-19T08:00:00+00:00"  # Monday, 09:00 BST
 
@@ -149,6 +152,36 @@ def pg_booking(postgres_url):
     site = build_site(postgres_url)
     yield site
     site.engine.dispose()
+
+
+@contextmanager
+def _scratch_database(backend: str, directory):
+    """As the suite's `database_url` fixture, for a wider scope than one test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'booking.sqlite3'}"
+        return
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
+    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def unchanged_booking(request, tmp_path_factory):
+    """One booking app per module and backend, for tests that each assert they wrote
+    nothing: sharing it is sound because any write fails the test that made it."""
+    with _scratch_database(request.param, tmp_path_factory.mktemp("booking")) as url:
+        site = build_site(url)
+        yield site
+        site.engine.dispose()
 
 
 @pytest.fixture

@@ -30,23 +30,25 @@ def _concrete(rule) -> str:
     return rule.build(values, append_unknown=False)[1]
 
 
-def test_only_the_listed_routes_are_outside_the_api(booking):
-    outside = {r.rule for r in booking.app.url_map.iter_rules()
+def test_only_the_listed_routes_are_outside_the_api(unchanged_booking):
+    site = unchanged_booking
+    outside = {r.rule for r in site.app.url_map.iter_rules()
                if not r.rule.startswith("/api/")}
     assert outside == PUBLIC_RULES, "a new public route must be added here deliberately"
 
 
 @pytest.mark.parametrize("who", ANONYMOUS_HEADERS)
-def test_every_api_route_and_method_refuses_anonymous_callers(booking, who):
-    before = booking.counts()
+def test_every_api_route_and_method_refuses_anonymous_callers(unchanged_booking, who):
+    site = unchanged_booking
+    before = site.counts()
     checked = []
-    for rule in booking.app.url_map.iter_rules():
+    for rule in site.app.url_map.iter_rules():
         if not rule.rule.startswith("/api/"):
             continue
         path = _concrete(rule)
         for method in sorted(rule.methods):
-            response = booking.client.open(path, method=method, headers=ANONYMOUS_HEADERS[who],
-                                           json={"given_name": "x"})
+            response = site.client.open(path, method=method, headers=ANONYMOUS_HEADERS[who],
+                                        json={"given_name": "x"})
             assert response.status_code == 401, (method, rule.rule, response.status_code)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
             if method != "HEAD":
@@ -56,7 +58,7 @@ def test_every_api_route_and_method_refuses_anonymous_callers(booking, who):
     assert ("POST", "/api/v1/appointments") in checked
     assert ("POST", "/api/v1/appointments/<uuid:appointment_id>/cancel") in checked
     assert len(checked) >= 30
-    assert booking.counts() == before
+    assert site.counts() == before
 
 
 def test_a_revoked_token_is_refused(booking):
@@ -71,18 +73,20 @@ def test_a_revoked_token_is_refused(booking):
     assert response.status_code == 401
 
 
-def test_public_routes_answer_without_a_token(booking):
-    assert booking.client.get("/healthz").status_code == 200
-    assert booking.client.get("/readyz").status_code == 200
-    assert booking.client.get("/metrics").status_code == 200
-    spec = booking.client.get("/openapi.json")
+def test_public_routes_answer_without_a_token(unchanged_booking):
+    site = unchanged_booking
+    assert site.client.get("/healthz").status_code == 200
+    assert site.client.get("/readyz").status_code == 200
+    assert site.client.get("/metrics").status_code == 200
+    spec = site.client.get("/openapi.json")
     assert spec.status_code == 200 and "/api/v1/appointments" in spec.get_json()["paths"]
     # A webhook is public but not open: it wants its own signature.
-    assert booking.client.post("/webhooks/phone", json={}).status_code == 401
+    assert site.client.post("/webhooks/phone", json={}).status_code == 401
 
 
-def test_a_valid_token_is_let_in(booking):
-    response = booking.client.get("/api/v1/treatments", headers=booking.reception)
+def test_a_valid_token_is_let_in(unchanged_booking):
+    site = unchanged_booking
+    response = site.client.get("/api/v1/treatments", headers=site.reception)
     assert response.status_code == 200
     assert {t["code"] for t in response.get_json()} == {"TPI", "POD-ASSESS"}
 

@@ -64,18 +64,19 @@ PATIENT_CASES = {
 
 
 @pytest.mark.parametrize("case", PATIENT_CASES)
-def test_a_bad_patient_is_refused_naming_the_field(booking, case):
+def test_a_bad_patient_is_refused_naming_the_field(unchanged_booking, case):
+    site = unchanged_booking
     path, value, expected = PATIENT_CASES[case]
-    before = booking.counts()
+    before = site.counts()
 
-    response = booking.post("/patients", _with(PATIENT, path, value),
-                            {"Idempotency-Key": f"bad-{case}"})
+    response = site.post("/patients", _with(PATIENT, path, value),
+                         {"Idempotency-Key": f"bad-{case}"})
 
     assert response.status_code == 422, response.get_json()
     error = response.get_json()["error"]
     assert error["code"] == "invalid"
     assert _field_names(error["fields"]) == expected
-    assert booking.counts() == before
+    assert site.counts() == before
 
 
 def _appointment(site, **changes) -> dict:
@@ -112,18 +113,19 @@ APPOINTMENT_CASES = {
 
 
 @pytest.mark.parametrize("case", APPOINTMENT_CASES)
-def test_a_bad_appointment_is_refused_naming_the_field(booking, case):
+def test_a_bad_appointment_is_refused_naming_the_field(unchanged_booking, case):
+    site = unchanged_booking
     changes, expected = APPOINTMENT_CASES[case]
-    before = booking.counts()
+    before = site.counts()
 
-    response = booking.post("/appointments", _appointment(booking, **changes),
-                            {"Idempotency-Key": f"bad-{case}"})
+    response = site.post("/appointments", _appointment(site, **changes),
+                         {"Idempotency-Key": f"bad-{case}"})
 
     assert response.status_code == 422, response.get_json()
     error = response.get_json()["error"]
     assert error["code"] == "invalid"
     assert _field_names(error["fields"]) == expected
-    assert booking.counts() == before
+    assert site.counts() == before
 
 
 def test_the_good_request_the_bad_ones_are_made_from_is_accepted(booking):
@@ -135,26 +137,28 @@ def test_the_good_request_the_bad_ones_are_made_from_is_accepted(booking):
 
 
 @pytest.mark.parametrize("body", ["{bad json", '{"given_name": "Margaret",}', "\xff"])
-def test_malformed_json_is_a_bad_request(booking, body):
-    before = booking.counts()
+def test_malformed_json_is_a_bad_request(unchanged_booking, body):
+    site = unchanged_booking
+    before = site.counts()
     for path in ("/api/v1/patients", "/api/v1/appointments"):
-        response = booking.client.post(path, data=body, headers={
-            **booking.admin, "Content-Type": "application/json"})
+        response = site.client.post(path, data=body, headers={
+            **site.admin, "Content-Type": "application/json"})
         assert response.status_code == 400
         error = response.get_json()["error"]
         assert error["code"] == "bad_request"
         assert error["fields"]
-    assert booking.counts() == before
+    assert site.counts() == before
 
 
 @pytest.mark.parametrize("body", ["[]", "null", '"Margaret"', "42"])
-def test_json_that_is_not_an_object_is_refused(booking, body):
-    before = booking.counts()
-    response = booking.client.post("/api/v1/patients", data=body, headers={
-        **booking.admin, "Content-Type": "application/json"})
+def test_json_that_is_not_an_object_is_refused(unchanged_booking, body):
+    site = unchanged_booking
+    before = site.counts()
+    response = site.client.post("/api/v1/patients", data=body, headers={
+        **site.admin, "Content-Type": "application/json"})
     assert response.status_code == 422
     assert response.get_json()["error"]["fields"]
-    assert booking.counts() == before
+    assert site.counts() == before
 
 
 def test_a_bad_reschedule_is_refused_and_changes_nothing(booking):
@@ -172,26 +176,28 @@ def test_a_bad_reschedule_is_refused_and_changes_nothing(booking):
     assert booking.get(f"/appointments/{booked['id']}").get_json()["starts_at"] == SLOT
 
 
-def test_a_query_with_bad_parameters_names_them(booking):
-    response = booking.get("/availability", query_string={
+def test_a_query_with_bad_parameters_names_them(unchanged_booking):
+    site = unchanged_booking
+    response = site.get("/availability", query_string={
         "clinician_id": "dr-shah", "treatment_code": "TPI", "date": "21/10/2026"})
     assert response.status_code == 422
     assert _field_names(response.get_json()["error"]["fields"]) == {"clinician_id", "date"}
-    response = booking.get("/patients", query_string={"phone": "not a phone"})
+    response = site.get("/patients", query_string={"phone": "not a phone"})
     assert response.status_code == 422
     assert _field_names(response.get_json()["error"]["fields"]) == {"phone"}
 
 
-def test_a_clinician_with_bad_working_hours_is_refused(booking):
-    before = booking.counts()
-    response = booking.post("/clinicians", {"name": "Dr Typo", "working_hours": [
+def test_a_clinician_with_bad_working_hours_is_refused(unchanged_booking):
+    site = unchanged_booking
+    before = site.counts()
+    response = site.post("/clinicians", {"name": "Dr Typo", "working_hours": [
         {"weekday": 0, "start": "09:00", "end": "13:00"},
         {"weekday": 0, "start": "12:00", "end": "17:00"}]})
     assert response.status_code == 422
     assert _field_names(response.get_json()["error"]["fields"]) == {"working_hours"}
-    response = booking.post("/clinicians", {"name": "Dr Typo", "working_hours": [
+    response = site.post("/clinicians", {"name": "Dr Typo", "working_hours": [
         {"weekday": 7, "start": "9am", "end": "17:00"}]})
     assert response.status_code == 422
-    assert booking.counts() == before
-    names = {c["name"] for c in booking.get("/clinicians").get_json()}
+    assert site.counts() == before
+    names = {c["name"] for c in site.get("/clinicians").get_json()}
     assert "Dr Typo" not in names
