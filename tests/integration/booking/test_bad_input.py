@@ -201,3 +201,13 @@ def test_a_clinician_with_bad_working_hours_is_refused(unchanged_booking):
     assert site.counts() == before
     names = {c["name"] for c in site.get("/clinicians").get_json()}
     assert "Dr Typo" not in names
+
+
+def test_a_blank_cancellation_reason_is_refused_and_changes_nothing(booking):
+    booked = booking.book(SLOT).get_json()
+    before = booking.counts()
+    response = booking.post(f"/appointments/{booked['id']}/cancel", {"reason": "   "})
+    assert response.status_code == 422
+    assert _field_names(response.get_json()["error"]["fields"]) == {"reason"}
+    assert booking.counts() == before
+    assert booking.get(f"/appointments/{booked['id']}").get_json()["status"] == "booked"

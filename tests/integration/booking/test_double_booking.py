@@ -154,3 +154,57 @@ def test_rescheduling_onto_a_taken_slot_is_refused(booking):
     assert booking.counts() == before
     assert booking.get(f"/appointments/{other['id']}").get_json()["starts_at"] == \
         "2026-10-21T11:00:00+01:00"
+
+
+def _all_at_once_to(base_url: str, headers: dict, requests_: list[tuple[str, dict]]):
+    """POSTs each (path, body) from its own thread, released together."""
+    start = threading.Barrier(len(requests_))
+
+    def send(item):
+        path, body = item
+        start.wait(timeout=30)
+        return requests.post(f"{base_url}/api/v1{path}", json=body, headers=headers,
+                             timeout=60)
+
+    with ThreadPoolExecutor(max_workers=len(requests_)) as pool:
+        return list(pool.map(send, requests_))
+
+
+def test_ten_parallel_reschedules_into_one_slot_move_only_one(booking, live_server):
+    patients = _register_patients(booking, 10)
+    moved = []
+    for day, patient in enumerate(patients, start=22):  # 22 to 31 October, at 10:00
+        response = booking.post("/appointments", {
+            "patient_id": patient, "clinician_id": str(booking.shah),
+            "treatment_code": "TPI", "starts_at": f"2026-10-{day}T10:00:00Z"})
+        assert response.status_code == 201, response.get_json()
+        moved.append(response.get_json()["id"])
+    base_url = live_server(booking.app)
+    before = booking.counts()
+
+    responses = _all_at_once_to(base_url, booking.admin, [
+        (f"/appointments/{a}/reschedule", {"starts_at": "2026-10-21T10:00:00+01:00"})
+        for a in moved])
+
+    assert Counter(r.status_code for r in responses) == {200: 1, 409: 9}
+    at_ten = [row for row in _active_rows(booking, booking.shah)
+              if row.starts_at.isoformat() == "2026-10-21T09:00:00+00:00"]
+    assert len(at_ten) == 1
+    assert booking.counts()["outbox"] == before["outbox"] + 1
+    assert booking.events()[-1]["type"] == "booking.appointment.rescheduled"
+
+
+def test_ten_parallel_cancels_of_one_appointment_announce_it_once(booking, live_server):
+    appointment = booking.book("2026-10-21T10:00:00+01:00").get_json()
+    base_url = live_server(booking.app)
+
+    responses = _all_at_once_to(base_url, booking.admin, [
+        (f"/appointments/{appointment['id']}/cancel", {"reason": f"Call {n}"})
+        for n in range(10)])
+
+    assert Counter(r.status_code for r in responses) == {200: 1, 409: 9}
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    events = booking.events()
+    assert [e["type"] for e in events] == ["booking.appointment.booked",
+                                           "booking.appointment.cancelled"]
+    assert events[-1]["data"]["reason"] == winner["cancel_reason"]

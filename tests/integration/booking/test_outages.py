@@ -1,5 +1,6 @@
 """When PostgreSQL cannot be reached the service says so (503, JSON, "nothing was saved") and
-stays alive: /healthz answers, /readyz takes it out of the load balancer."""
+stays alive: /healthz answers, /readyz takes it out of the load balancer. /readyz also
+reports the broker, which the API itself never needs (events wait in the outbox)."""
 from __future__ import annotations
 
 import socket
@@ -24,8 +25,8 @@ def app_on():
     """Builds booking apps on a given database URL; disposes of their engines afterwards."""
     engines = []
 
-    def build(url: str, clock):
-        config = Config(database_urls={"booking": url}, testing=True)
+    def build(url: str, clock, amqp_url: str = "memory://"):
+        config = Config(database_urls={"booking": url}, amqp_url=amqp_url, testing=True)
         engines.append(make_engine(url))
         return create_app(config, bootstrap(config, engine=engines[-1], clock=clock))
 
@@ -90,3 +91,24 @@ def test_a_database_lost_mid_life_refuses_writes_and_saves_nothing(pg_booking, a
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
     assert pg_booking.counts() == before
+
+
+def test_readiness_reports_the_broker_and_the_api_does_not_need_it(pg_booking, app_on,
+                                                                     amqp_url):
+    database = str(pg_booking.engine.url.render_as_string(hide_password=False))
+    up = app_on(database, pg_booking.clock, amqp_url).test_client()
+    ready = up.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+    assert ready.get_json()["checks"] == {"database": True, "broker": True}
+
+    down = app_on(database, pg_booking.clock,
+                  f"amqp://guest:guest@127.0.0.1:{_closed_port()}/").test_client()
+    ready = down.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"] == {"database": True, "broker": False}
+    # Booking still works: the event waits in the outbox for the relay.
+    booked = down.post("/api/v1/appointments", headers=pg_booking.admin, json={
+        "patient_id": pg_booking.patient_id, "clinician_id": str(pg_booking.shah),
+        "treatment_code": "TPI", "starts_at": "2026-10-21T10:00:00+01:00"})
+    assert booked.status_code == 201
+    assert [e["type"] for e in pg_booking.events()] == ["booking.appointment.booked"]
