@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,19 @@ AMQP_HOST = os.environ.get("BENCH_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("BENCH_AMQP_PORT", "5672"))
 
 
+class RabbitmqctlFailed(ConnectionError):
+    """rabbitmqctl could not do it, most often because the broker is stopped."""
+
+
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60,
-                   check=True)
+    try:
+        subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                       timeout=60, check=True)
+    except subprocess.CalledProcessError as error:
+        raise RabbitmqctlFailed(f"rabbitmqctl {' '.join(args)}: {error.stderr.strip()}") \
+            from error
+    except subprocess.TimeoutExpired as error:
+        raise RabbitmqctlFailed(f"rabbitmqctl {' '.join(args)} timed out") from error
 
 
 @contextlib.contextmanager
@@ -49,7 +60,38 @@ def rabbitmq_vhost() -> Iterator[str]:
         _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        _delete_vhost(vhost)
+
+
+def _delete_vhost(vhost: str) -> None:
+    """Removed even when the broker went away mid-run: wait for it to come back and retry."""
+    for attempt in range(3):
+        try:
+            _rabbitmqctl("delete_vhost", vhost)
+            return
+        except RabbitmqctlFailed:
+            if attempt == 2:
+                print(f"bench: could not delete RabbitMQ vhost {vhost}; remove it with "
+                      f"`rabbitmqctl delete_vhost {vhost}`", file=sys.stderr)
+                return
+            wait_for_broker()
+
+
+def broker_went_away(error: BaseException) -> bool:
+    """A lost or refused broker connection, anywhere in the exception's chain."""
+    import kombu.exceptions
+    import pika.exceptions
+    kinds = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+             pika.exceptions.ChannelWrongStateError, amqp.exceptions.ConnectionError,
+             amqp.exceptions.RecoverableConnectionError, kombu.exceptions.OperationalError,
+             ConnectionError)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def wait_for_broker(timeout: float = 120.0) -> None:

@@ -116,6 +116,11 @@ def confirm_each(amqp_url: str, messages, cap_seconds: float) -> tuple[int, floa
                 break
         return sent, time.perf_counter() - started
     finally:
+        _close(connection)
+
+
+def _close(connection) -> None:
+    if connection.is_open:
         connection.close()
 
 
@@ -214,7 +219,7 @@ def measure(settings: Settings) -> list[Row]:
             _settle(channel, sent, "pika, asynchronous confirms")
             windowed_rate = sent / seconds
         finally:
-            connection.close()
+            _close(connection)
             engine.dispose()
 
     return [

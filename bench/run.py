@@ -7,6 +7,7 @@ more entry in MEASUREMENTS.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import booking, relay
-from bench.infra import wait_for_broker
+from bench.infra import broker_went_away, wait_for_broker
 from bench.report import Row, table, write_json
 from bench.settings import Settings
 
@@ -28,15 +29,35 @@ MEASUREMENTS: dict[str, Measurement] = {
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
+def _load() -> str:
+    """Other work on the machine moves the figures; the ratios are what to compare."""
+    return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def _with_retries(name: str, settings: Settings, attempts: int = 3) -> list[Row]:
+    """RabbitMQ is sometimes stopped on purpose by other suites on a shared machine: a
+    measurement cut short by a lost broker is run again once the broker is back."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return MEASUREMENTS[name](settings)
+        except Exception as error:
+            if attempt == attempts or not broker_went_away(error):
+                raise
+            print(f"bench: {name}: broker connection lost ({type(error).__name__}); waiting "
+                  "for RabbitMQ, then measuring again", file=sys.stderr, flush=True)
+            wait_for_broker()
+    raise AssertionError("unreachable")
+
+
 def run(names: list[str], settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for name in names:
         wait_for_broker()
         started = time.monotonic()
-        print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        rows.extend(MEASUREMENTS[name](settings))
-        print(f"bench: {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr,
-              flush=True)
+        print(f"bench: {name} ... (load average {_load()})", file=sys.stderr, flush=True)
+        rows.extend(_with_retries(name, settings))
+        print(f"bench: {name} done in {time.monotonic() - started:.0f} s "
+              f"(load average {_load()})", file=sys.stderr, flush=True)
     return rows
 
 
