@@ -19,15 +19,16 @@ from services.booking.schemas import (
     CancelIn, ClinicianIn, ClinicianOut, PatientIn, PatientOut, PatientQuery, PhoneCallIn,
     RescheduleIn, TreatmentOut,
 )
-from shared.errors import NotFound
+from shared.errors import Invalid, NotFound
 from shared.web import ErrorResponse, json_error, protect, require_role
 
 api = ApiBlueprint("booking", __name__, url_prefix="/api/v1",
                    description="Patients, clinicians, treatments, availability, appointments")
 protect(api)
 
+IDEMPOTENCY_KEY_MAX = 200  # the width of idempotency_keys.key
 IDEMPOTENCY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": False,
-                      "schema": {"type": "string", "maxLength": 200},
+                      "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
                       "description": "Same key, same answer: a retried create makes no second row"}
 SECURED = {"security": [{"bearerAuth": []}]}
 
@@ -37,8 +38,13 @@ def _context():
 
 
 def _idempotency_key() -> str | None:
+    """Refused when too long rather than cut short: two keys sharing their first 200
+    characters would otherwise be taken for one, and one request answered with another's."""
     key = request.headers.get("Idempotency-Key", "").strip()
-    return key[:200] or None
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise Invalid("Idempotency-Key is too long", {
+            "Idempotency-Key": [f"at most {IDEMPOTENCY_KEY_MAX} characters"]})
+    return key or None
 
 
 @api.route("/patients")

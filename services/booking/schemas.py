@@ -1,10 +1,12 @@
 """Request and response shapes of booking's API (marshmallow 4; unknown fields refused)."""
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import timezone
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
 from services.booking.model import normalise_phone, normalise_postcode
 
@@ -55,8 +57,25 @@ class ClinicTime(fields.DateTime):
         return value.astimezone(tz).isoformat()
 
 
+# NUL, which PostgreSQL's text cannot hold, and UTF-16 surrogates left unpaired by a JSON
+# "\ud800" escape, which no UTF-8 database can encode: either would fail at the INSERT.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
 class Requesting(Schema):
-    """Input schemas: strings trimmed of nothing, unknown fields refused (marshmallow's RAISE)."""
+    """Input schemas: strings trimmed of nothing, unknown fields refused (marshmallow's RAISE),
+    and text no database can store refused here, naming its field, instead of failing as a
+    500 in the middle of a transaction."""
+
+    @pre_load
+    def _refuse_unstorable_text(self, data, **kwargs):
+        if isinstance(data, Mapping):
+            unstorable = {name: ["contains a NUL or an unpaired surrogate character"]
+                          for name, value in data.items()
+                          if isinstance(value, str) and _UNSTORABLE.search(value)}
+            if unstorable:
+                raise ValidationError(unstorable)
+        return data
 
 
 class AddressIn(Requesting):

@@ -60,6 +60,9 @@ PATIENT_CASES = {
     "email malformed": ("email", "margaret@", {"email"}),
     "unknown field": ("nhs_number", "943 476 5919", {"nhs_number"}),
     "family name empty": ("family_name", "", {"family_name"}),
+    "NUL in a name": ("given_name", "Marg\x00aret", {"given_name"}),
+    "unpaired surrogate in an address": ("address.line1", "7 Cathedral \ud800Close",
+                                         {"address.line1"}),
 }
 
 
@@ -109,6 +112,7 @@ APPOINTMENT_CASES = {
                         {"patient_id"}),
     "patient missing": ({"patient_id": ...}, {"patient_id"}),
     "unknown field": ({"notes": "bad knee"}, {"notes"}),
+    "NUL in the treatment code": ({"treatment_code": "TPI\x00"}, {"treatment_code"}),
 }
 
 

@@ -113,3 +113,16 @@ def test_a_refused_request_does_not_use_up_its_key(booking):
     assert retried.status_code == 422
     corrected = booking.post("/appointments", _appointment(booking), key)
     assert corrected.status_code == 201
+
+
+def test_an_overlong_key_is_refused_not_cut_short(booking):
+    """Two different keys must never be taken for one: a key longer than the 200 characters
+    the document allows is refused, rather than cut to a prefix another key may share."""
+    stem = "k" * 200
+    before = booking.counts()
+    response = booking.post("/patients", PATIENT, {"Idempotency-Key": stem + "-first"})
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.get_json()["error"]["fields"]
+    assert booking.counts() == before
+    exact = booking.post("/patients", PATIENT, {"Idempotency-Key": stem})
+    assert exact.status_code == 201
