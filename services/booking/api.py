@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint as ApiBlueprint
+from marshmallow import RAISE
 from twilio.request_validator import RequestValidator
 
 from services.booking import service
@@ -31,6 +32,9 @@ IDEMPOTENCY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": Fal
                       "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
                       "description": "Same key, same answer: a retried create makes no second row"}
 SECURED = {"security": [{"bearerAuth": []}]}
+# webargs ignores unknown query parameters unless told otherwise; refused, so that a misspelt
+# `?clinican_id=` is an error rather than every clinician's day listed as if it were one.
+QUERY = {"location": "query", "unknown": RAISE}
 
 
 def _context():
@@ -58,7 +62,7 @@ class Patients(MethodView):
         return service.register_patient(ctx.uow(), fields, ctx.tz, _idempotency_key())
 
     @api.doc(**SECURED)
-    @api.arguments(PatientQuery, location="query")
+    @api.arguments(PatientQuery, **QUERY)
     @api.response(200, PatientOut(many=True))
     def get(self, query):
         """Find patients by phone number (as the phone system or reception knows it)."""
@@ -112,7 +116,7 @@ class Treatments(MethodView):
 @api.route("/availability")
 class Availability(MethodView):
     @api.doc(**SECURED)
-    @api.arguments(AvailabilityQuery, location="query")
+    @api.arguments(AvailabilityQuery, **QUERY)
     @api.response(200, AvailabilityOut)
     def get(self, query):
         """Free slots for a clinician and treatment on a clinic-local date."""
@@ -136,7 +140,7 @@ class Appointments(MethodView):
         return service.appointment_view(ctx.uow(), appointment.id)
 
     @api.doc(**SECURED)
-    @api.arguments(AppointmentsQuery, location="query")
+    @api.arguments(AppointmentsQuery, **QUERY)
     @api.response(200, AppointmentOut(many=True))
     def get(self, query):
         """The day's appointments in clinic time, optionally for one clinician."""

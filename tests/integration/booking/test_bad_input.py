@@ -215,3 +215,12 @@ def test_a_blank_cancellation_reason_is_refused_and_changes_nothing(booking):
     assert _field_names(response.get_json()["error"]["fields"]) == {"reason"}
     assert booking.counts() == before
     assert booking.get(f"/appointments/{booked['id']}").get_json()["status"] == "booked"
+
+
+def test_a_misspelt_query_parameter_is_refused_not_ignored(unchanged_booking):
+    """Ignored, `clinican_id` would answer with every clinician's day as if filtered."""
+    site = unchanged_booking
+    response = site.get("/appointments", query_string={
+        "date": "2026-10-21", "clinican_id": str(site.shah)})
+    assert response.status_code == 422
+    assert _field_names(response.get_json()["error"]["fields"]) == {"clinican_id"}
