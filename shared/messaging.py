@@ -6,6 +6,7 @@ per message. On `memory://` (the embedded default) there is nothing to confirm.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import amqp
@@ -90,10 +91,17 @@ class PublishFailed(Exception):
 
 
 class Publisher:
-    """Publishes batches to `clinic.events`; returns only when every message is confirmed."""
+    """Publishes batches to `clinic.events`; returns only when every message is confirmed.
 
-    def __init__(self, url: str, confirm_timeout: float = 30.0):
+    `topology` ({service: routing keys it consumes}) is declared on every connect, before the
+    first publish: an event routed to no queue is confirmed and dropped by RabbitMQ, so the
+    consumers' queues must exist before any event goes out, whichever worker starts first.
+    """
+
+    def __init__(self, url: str, confirm_timeout: float = 30.0,
+                 topology: Mapping[str, Sequence[str]] | None = None):
         self._url = url
+        self._topology = dict(topology or {})
         self._confirm_timeout = confirm_timeout
         self._connection: Connection | None = None
         self._channel = None
@@ -121,6 +129,9 @@ class Publisher:
         self._connection = Connection(self._url, heartbeat=0, connect_timeout=5)
         self._connection.ensure_connection(max_retries=1)
         declare_topology(self._connection)
+        for service, routing_keys in self._topology.items():
+            if routing_keys:
+                declare_topology(self._connection, service, list(routing_keys))
         self._channel = self._connection.channel()
         if self.confirms:
             self._channel.confirm_select()

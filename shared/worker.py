@@ -28,8 +28,12 @@ def bind(handlers: Mapping[str, Callable], context) -> dict[str, Callable]:
 def background_threads(service: str, amqp_url: str, engine: sa.Engine, tables: SharedTables,
                        clock: Clock, handlers: Mapping[str, Callable], stop: threading.Event,
                        extra: list[Callable[[threading.Event], None]] = (),
+                       topology: Mapping[str, list[str]] | None = None,
                        ) -> list[threading.Thread]:
-    relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), clock, service)
+    """`topology`: every service's consumed event types, declared by the relay before it
+    publishes (see `Publisher`)."""
+    relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url, topology=topology), clock,
+                        service)
     loops: list[tuple[str, Callable]] = [("relay", lambda: relay.run(stop))]
     if handlers:
         consumer = EventConsumer(amqp_url, service, handlers, stop=stop)

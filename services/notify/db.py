@@ -102,6 +102,8 @@ webhook_receipts = sa.Table(
 
 PENDING, SENDING, SENT, DELIVERED, FAILED, CANCELLED = (
     "pending", "sending", "sent", "delivered", "failed", "cancelled")
+# An email whose end-of-data line may have reached the SMTP server: never sent again.
+HANDED_OVER = "handed_over"
 
 
 def _json_default(value: Any) -> str:
@@ -123,6 +125,7 @@ class ClaimedMessage:
     due_at: datetime
     attempts: int
     sending_at: datetime | None
+    provider_status: str | None = None
 
 
 class MessageRepository:
@@ -186,6 +189,13 @@ class MessageRepository:
             messages.c.status == SENDING,
         ).values(sending_at=now, lease_until=now + lease, updated_at=now,
                  attempts=messages.c.attempts + 1)).rowcount == 1
+
+    def hand_over(self, message_id: uuid.UUID, token: uuid.UUID) -> bool:
+        """Record that the email is about to be taken by the SMTP server (see scheduler)."""
+        return self._c.execute(messages.update().where(
+            messages.c.id == message_id, messages.c.claim_token == token,
+            messages.c.status == SENDING,
+        ).values(provider_status=HANDED_OVER, updated_at=self._clock.now())).rowcount == 1
 
     def settle(self, message_id: uuid.UUID, token: uuid.UUID, **values) -> bool:
         """Record a claimed message's outcome, if the claim is still ours."""
@@ -255,7 +265,8 @@ def _claimed(row) -> ClaimedMessage:
                           channel=row.channel, to=row.to_address,
                           appointment_id=row.appointment_id, patient_id=row.patient_id,
                           context=json.loads(row.context), due_at=row.due_at,
-                          attempts=row.attempts, sending_at=row.sending_at)
+                          attempts=row.attempts, sending_at=row.sending_at,
+                          provider_status=row.provider_status)
 
 
 def reserve_slot(connection: Connection, name: str, now: datetime,

@@ -24,6 +24,7 @@ from services.notify.db import (
     CANCELLED,
     DUE_CHANNEL,
     FAILED,
+    HANDED_OVER,
     PENDING,
     SENDING,
     SENT,
@@ -37,6 +38,7 @@ from services.notify.model import backoff_delay
 from services.notify.model.delivery import send_slot_interval, still_wanted
 from services.notify.model.policy import PlannedMessage
 from services.notify.senders import PermanentSendError, TransientSendError
+from services.notify.senders.email import message_id_header
 from shared.events import new_event
 from shared.logging import get_logger
 
@@ -222,7 +224,13 @@ class Scheduler:
                                              self.status_callback, str(message.id))
         subject, text, html = texts.email(message.kind, message.context)
         return self.context.email.send_email(message.to, subject, text, html,
-                                             message_id=str(message.id))
+                                             message_id=str(message.id),
+                                             before_final_dot=lambda: self._hand_over(message))
+
+    def _hand_over(self, message: ClaimedMessage) -> None:
+        with self.context.uow() as uow:
+            uow.messages.hand_over(message.id, self.token)
+            uow.commit()
 
     def _recover(self, message: ClaimedMessage) -> None:
         """A send left unfinished: find out whether it went before trying again."""
@@ -242,8 +250,12 @@ class Scheduler:
                 self._sent(message, sid, "sent")
                 log.info("message.recovered", message_id=str(message.id), provider_id=sid)
                 return
-        # Email has no such list to ask; the retry carries the same Message-ID, which mail
-        # systems use to drop a duplicate (docs/notifier.md).
+        elif message.provider_status == HANDED_OVER:
+            # SMTP has no list to ask. The end-of-data line may have reached the server, so
+            # sending again could duplicate: it counts as sent (docs/notifier.md).
+            self._sent(message, message_id_header(str(message.id),
+                                                  self.context.config.email_from), "unconfirmed")
+            return
         self.deliver(message)
 
     # --- outcomes ----------------------------------------------------------------------------
@@ -279,7 +291,7 @@ class Scheduler:
             with self.context.uow() as uow:
                 uow.messages.settle(message.id, self.token, status=PENDING,
                                     due_at=uow.clock.now() + timedelta(seconds=delay),
-                                    error=error.message[:300])
+                                    error=error.message[:300], provider_status=None)
                 uow.commit()
         log.warning("message.retrying", message_id=str(message.id), channel=message.channel,
                     http_status=error.http_status, retry_in=round(delay, 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import TextIO
 
@@ -97,9 +98,12 @@ class ConsoleEmail(_Recorder):
         self.sender = sender
 
     def send_email(
-        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None
+        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None,
+        before_final_dot: Callable[[], None] | None = None,
     ) -> SendResult:
         header = message_id_header(message_id, self.sender)
+        if before_final_dot is not None:
+            before_final_dot()
         entry = {
             "provider_id": header,
             "to": to,

@@ -1,8 +1,10 @@
 """Email over SMTP: a text part and, when given, an HTML alternative."""
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -70,8 +72,16 @@ class SmtpEmail:
         return message
 
     def send_email(
-        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None
+        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None,
+        before_final_dot: Callable[[], None] | None = None,
     ) -> SendResult:
+        """Sends one message on its own connection.
+
+        `before_final_dot` is called after the whole message has been transmitted and before
+        the end-of-data line that makes the server take it: until then a broken connection
+        delivers nothing. The notifier records that point, so after a crash it knows whether
+        a retry could duplicate the email (SMTP has no way to ask afterwards).
+        """
         message = self.compose(to, subject, text, html, message_id)
         try:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
@@ -82,12 +92,13 @@ class SmtpEmail:
                 f"SMTP server unreachable: {type(error).__name__}", maybe_sent=False
             ) from error
         try:
-            self._deliver(smtp, message)
+            self._deliver(smtp, message, before_final_dot)
         finally:
             smtp.close()
         return SendResult(provider_id=message["Message-ID"], status="sent")
 
-    def _deliver(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+    def _deliver(self, smtp: smtplib.SMTP, message: EmailMessage,
+                 before_final_dot: Callable[[], None] | None) -> None:
         stage = "session"
         try:
             if self.starttls:
@@ -95,8 +106,17 @@ class SmtpEmail:
             if self.username:
                 stage = "login"
                 smtp.login(self.username, self.password or "")
+            stage = "envelope"
+            _envelope(smtp, self.sender, str(message["To"]))
             stage = "message"
-            smtp.send_message(message)
+            _transmit(smtp, message)
+            if before_final_dot is not None:
+                before_final_dot()
+            stage = "end of data"
+            smtp.send(b".\r\n")
+            code, reply = smtp.getreply()
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = next(iter(error.recipients.values()))
             raise _refusal(code, reply, "recipient") from error
@@ -108,11 +128,11 @@ class SmtpEmail:
         except ssl.SSLCertVerificationError as error:
             raise PermanentSendError(f"SMTP {stage}: certificate not trusted") from error
         except (smtplib.SMTPException, OSError) as error:
-            # Broken while sending the message: the server may have taken it before the
-            # connection dropped. The fixed Message-ID lets the retry be recognised.
+            # Broken after the end-of-data line: the server may have taken the message before
+            # the connection dropped. Before it, nothing was delivered.
             raise TransientSendError(
                 f"SMTP connection lost during {stage}: {type(error).__name__}",
-                maybe_sent=stage == "message",
+                maybe_sent=stage == "end of data",
             ) from error
         try:
             smtp.quit()
@@ -127,3 +147,31 @@ class SmtpEmail:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _envelope(smtp: smtplib.SMTP, sender: str, to: str) -> None:
+    smtp.ehlo_or_helo_if_needed()
+    code, reply = smtp.mail(sender)
+    if code != 250:
+        smtp.rset()
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = smtp.rcpt(to)
+    if code not in (250, 251):
+        smtp.rset()
+        raise smtplib.SMTPRecipientsRefused({to: (code, reply)})
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _transmit(smtp: smtplib.SMTP, message: EmailMessage) -> None:
+    """DATA as smtplib sends it (CRLF line ends, leading dots doubled), without the end-of-data
+    line: the caller sends that once it has recorded the point of no return."""
+    code, reply = smtp.docmd("DATA")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    payload = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", message.as_bytes()))
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    smtp.send(payload)

@@ -1,6 +1,7 @@
 """What a send returns, and the two ways it can fail: the notifier retries one and not the other."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -62,7 +63,8 @@ class SmsSender(Protocol):
 
 class EmailSender(Protocol):
     def send_email(
-        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None
+        self, to: str, subject: str, text: str, html: str | None, message_id: str | None = None,
+        before_final_dot: Callable[[], None] | None = None,
     ) -> SendResult: ...
 
     def close(self) -> None: ...

@@ -205,3 +205,23 @@ def test_handler_that_keeps_failing_is_parked_after_the_delivery_limit(store, am
     stop.set()
     thread.join(10)
     connection.close()
+
+
+def test_an_event_published_before_its_consumer_ever_started_waits_in_its_queue(amqp_url):
+    """Every worker's publisher declares the whole clinic's queues first: RabbitMQ would
+    confirm and drop an event that reaches the exchange before its consumer's queue exists."""
+    from services.topology import consumed_events
+    from shared.events import encode
+    from shared.messaging import OutgoingMessage
+
+    topology = consumed_events()
+    event = new_event("/booking", "booking.appointment.booked", "a1", {"n": 1}, CLOCK)
+    publisher = Publisher(amqp_url, topology=topology)
+    publisher.publish([OutgoingMessage(event.type, encode(event), event.id)])
+    publisher.close()
+    connection, channel = _pika_channel(amqp_url)
+    waiting = channel.queue_declare(queue_name("notify"), passive=True).method.message_count
+    assert "booking.appointment.booked" in topology["notify"] and waiting == 1
+    _, _, body = channel.basic_get(queue_name("notify"), auto_ack=True)
+    assert decode(body).id == event.id
+    connection.close()

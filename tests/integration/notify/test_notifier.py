@@ -278,3 +278,36 @@ def test_the_outbox_rows_commit_with_the_outcome(notifier):
     with notifier.engine.connect() as connection:
         sent = connection.execute(sa.text("select count(*) from messages where status='sent'"))
         assert sent.scalar() == len(notifier.published("notify.message.sent")) == 2
+
+
+def _claimed_by_a_worker_that_dies(notifier, channel):
+    dead = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        from services.notify.db import claim_due
+        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token,
+                              channel=channel)
+        assert uow.messages.begin_send(message.id, dead.token, LEASE)
+        uow.commit()
+    return dead, message
+
+
+def test_an_email_the_server_may_have_taken_before_a_crash_is_not_sent_again(notifier):
+    book(notifier, contact=contact(sms=False))
+    dead, message = _claimed_by_a_worker_that_dies(notifier, "email")
+    dead._send(message)              # the server took it; the worker died before recording it
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()
+    assert len(notifier.smtp.messages_to(EMAIL)) == 1
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sent" and row.provider_status == "unconfirmed"
+    assert row.provider_id == notifier.smtp.messages_to(EMAIL)[0]["Message-ID"]
+
+
+def test_an_email_interrupted_before_its_end_of_data_is_sent_once_by_the_next_worker(notifier):
+    book(notifier, contact=contact(sms=False))
+    _claimed_by_a_worker_that_dies(notifier, "email")   # died before the final dot
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()
+    assert len(notifier.smtp.messages_to(EMAIL)) == 1
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sent" and row.attempts == 2
