@@ -34,7 +34,6 @@ def run_embedded(config, host: str = "127.0.0.1") -> None:
         threads.extend(worker_module.threads(context, stop))
         print(f"  {service:8} http://{host}:{DEV_PORTS[service]}/  "
               f"(API docs: /openapi.json)", flush=True)
-    print(f"  dashboard http://{host}:{DEV_PORTS['booking']}/dashboard", flush=True)
     print("Ctrl-C stops the clinic.", flush=True)
     try:
         run_until_stopped(threads, stop)
