@@ -215,9 +215,12 @@ def plan_missed_call(
 ) -> list[PlannedMessage]:
     """A "sorry we missed your call" SMS at once, to a known patient, at most once an hour.
 
-    Unknown callers get nothing: we would be texting a number we hold no consent for.
+    Unknown callers get nothing: we would be texting a number we hold no consent for; nor do
+    patients who declined SMS (booking sends their contact with the event).
     """
     if data.get("patient_id") is None:
+        return []
+    if "contact" in data and not (data["contact"] or {}).get("sms"):
         return []
     now = as_utc(now)
     last = as_utc(last_sent_to_patient) if last_sent_to_patient else None

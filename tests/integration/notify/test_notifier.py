@@ -311,3 +311,25 @@ def test_an_email_interrupted_before_its_end_of_data_is_sent_once_by_the_next_wo
     assert len(notifier.smtp.messages_to(EMAIL)) == 1
     [row] = notifier.rows(kind="confirmation")
     assert row.status == "sent" and row.attempts == 2
+
+
+def missed_call(notifier, patient_id="p-1"):
+    call_id = new_id()
+    notifier.handle(Event(type="booking.call.missed", source="/booking", subject=call_id,
+                          time=notifier.clock.now(), data={
+                              "call_id": call_id, "patient_id": patient_id, "phone": PHONE,
+                              "at": notifier.clock.now().isoformat(), "contact": contact()}))
+
+
+def test_a_patient_who_rings_again_and_again_gets_one_sorry_text_an_hour(notifier):
+    missed_call(notifier)
+    notifier.dispatch()
+    notifier.clock.advance(timedelta(minutes=10))
+    missed_call(notifier)
+    notifier.dispatch()
+    assert sum("sorry we missed your call" in m["body"] for m in notifier.sms_to()) == 1
+    notifier.clock.advance(timedelta(minutes=50))
+    missed_call(notifier)
+    notifier.dispatch()
+    assert sum("sorry we missed your call" in m["body"] for m in notifier.sms_to()) == 2
+    assert notifier.smtp.messages == []          # a phone matter: by text only

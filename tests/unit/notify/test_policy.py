@@ -266,6 +266,12 @@ def test_a_missed_call_from_a_patient_gets_a_text_now():
     assert planned[0].dedupe_key == "call-42:missed_call:sms:20261130T1200"
 
 
+def test_a_missed_call_from_a_patient_who_declined_sms_gets_nothing():
+    clock = FixedClock("2026-11-30T12:00:00+00:00")
+    declined = missed_call(contact={"phone": "+447400123456", "sms": False, "email_ok": True})
+    assert plan_missed_call(declined, clock.now(), None) == []
+
+
 def test_a_missed_call_from_an_unknown_number_gets_nothing():
     clock = FixedClock("2026-11-30T12:00:00Z")
     assert plan_missed_call(missed_call(patient_id=None), clock.now(), None) == []
