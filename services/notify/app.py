@@ -7,9 +7,10 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Flask
+from prometheus_client.core import GaugeMetricFamily
 
 from services.notify.api import api, webhooks
-from services.notify.db import NotifyUnitOfWork, shared_tables
+from services.notify.db import NotifyUnitOfWork, message_gauges, shared_tables
 from services.notify.model import QuietHours, parse_offsets, parse_quiet_hours
 from services.notify.senders import EmailSender, SmsSender, build_email_sender, build_sms_sender
 from services.notify.texts import MessageTexts
@@ -57,9 +58,23 @@ def bootstrap(config: Config, engine: sa.Engine | None = None, clock: Clock | No
     )
 
 
+def _message_metrics(connection, context: NotifyContext):
+    gauges = message_gauges(connection, context.clock.now())
+    by_status = GaugeMetricFamily("clinic_messages", "Patient messages by status",
+                                  labels=["status"])
+    for name, value in gauges.items():
+        if name.startswith("status:"):
+            by_status.add_metric([name.removeprefix("status:")], value)
+    yield by_status
+    yield GaugeMetricFamily("clinic_messages_overdue_seconds",
+                            "How late the oldest due message not yet sent is",
+                            value=gauges["overdue_seconds"])
+
+
 def create_app(config: Config, context: NotifyContext | None = None) -> Flask:
     context = context or bootstrap(config)
-    app, smorest = create_service_app("notify", config, context.engine, shared_tables)
+    app, smorest = create_service_app("notify", config, context.engine, shared_tables,
+                                      extra_metrics=lambda c: _message_metrics(c, context))
     app.extensions["clinic"] = context
     smorest.register_blueprint(api)
     app.register_blueprint(webhooks)

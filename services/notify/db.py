@@ -384,3 +384,17 @@ class NotifyUnitOfWork(UnitOfWork):
         if self._wake_scheduler and self.connection.dialect.name == "postgresql":
             self.connection.execute(sa.select(sa.func.pg_notify(DUE_CHANNEL, "")))
         super().commit()
+
+
+def message_gauges(connection: Connection, now: datetime) -> dict[str, float]:
+    """What an operator alerts on, read at scrape time so every process reports the same:
+    messages by status, and how late the oldest overdue one is (0 when none is)."""
+    counts = dict(connection.execute(
+        sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)).all())
+    oldest_due = connection.execute(sa.select(sa.func.min(messages.c.due_at)).where(
+        messages.c.status == PENDING, messages.c.due_at <= now)).scalar()
+    return {
+        **{f"status:{status}": float(counts.get(status, 0))
+           for status in (PENDING, SENDING, SENT, DELIVERED, FAILED, CANCELLED)},
+        "overdue_seconds": (now - oldest_due).total_seconds() if oldest_due else 0.0,
+    }

@@ -333,3 +333,16 @@ def test_a_patient_who_rings_again_and_again_gets_one_sorry_text_an_hour(notifie
     notifier.dispatch()
     assert sum("sorry we missed your call" in m["body"] for m in notifier.sms_to()) == 2
     assert notifier.smtp.messages == []          # a phone matter: by text only
+
+
+def test_metrics_show_messages_by_status_and_how_late_the_oldest_due_one_is(notifier):
+    book(notifier)
+    notifier.dispatch()
+    client = notifier.app().test_client()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'clinic_messages{status="sent"} 2.0' in text
+    assert 'clinic_messages{status="pending"} 4.0' in text
+    assert "clinic_messages_overdue_seconds 0.0" in text
+    notifier.clock.set("2026-11-28T10:01:30+00:00")     # the 48h reminders, 90 s overdue
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "clinic_messages_overdue_seconds 90.0" in text
