@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.notify.model import policy
+from services.notify.model.delivery import ABOUT_A_COMING_APPOINTMENT
 from shared.events import Event
 
-# Everything still pending for an appointment that the patient should no longer receive.
-APPOINTMENT_MESSAGES = ("confirmation", "reminder", "rescheduled", "form_link", "form_nudge")
+# Everything still pending about a coming appointment, which the patient should no longer
+# receive once it is over. Not a check-in: that one follows an attended appointment.
+APPOINTMENT_MESSAGES = tuple(sorted(ABOUT_A_COMING_APPOINTMENT))
 
 
 def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
-              cancel: tuple[str, ...] | None = None, cancel_all: bool = False) -> None:
+              cancel: tuple[str, ...] = ()) -> None:
     uow = context.uow()
     with uow:
         if not uow.processed.add(consumer, event.id):
@@ -24,8 +26,8 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
             uow.commit()                    # overtaken by a later event: plan nothing
             return
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
-        if appointment_id and (cancel or cancel_all):
-            uow.messages.cancel_pending(appointment_id, None if cancel_all else cancel)
+        if appointment_id and cancel:
+            uow.messages.cancel_pending(appointment_id, cancel)
         for planned in plan():
             # Every new row wakes the schedulers, not only those due now: one idling until a
             # later time must learn of a message due sooner.
@@ -47,13 +49,14 @@ def on_rescheduled(event: Event, context) -> None:
 
 def on_cancelled(event: Event, context) -> None:
     _schedule(context, event, "notify.cancelled",
-              lambda: policy.plan_cancelled(event.data, context.clock.now()), cancel_all=True)
+              lambda: policy.plan_cancelled(event.data, context.clock.now()),
+              cancel=APPOINTMENT_MESSAGES)
 
 
 def on_finished(event: Event, context) -> None:
     """Attended or no-show: nothing further is sent for that appointment."""
     _schedule(context, event, f"notify.{event.type.rsplit('.', 1)[1]}", lambda: [],
-              cancel_all=True)
+              cancel=APPOINTMENT_MESSAGES)
 
 
 def on_followup(event: Event, context) -> None:

@@ -346,3 +346,25 @@ def test_metrics_show_messages_by_status_and_how_late_the_oldest_due_one_is(noti
     notifier.clock.set("2026-11-28T10:01:30+00:00")     # the 48h reminders, 90 s overdue
     text = client.get("/metrics").get_data(as_text=True)
     assert "clinic_messages_overdue_seconds 90.0" in text
+
+
+def test_a_check_in_survives_its_attended_event_handled_after_it(notifier):
+    """Booking commits `attended` and `followup.scheduled` together; two workers may handle
+    them in either order, and the check-in must go either way, the reminders never."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-30T10:40:00+00:00")
+    followup_id = new_id()
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=appointment_id, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": appointment_id,
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": "2026-12-14T10:00:00+00:00",
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact(email_ok=False)}))
+    notifier.handle(appointment_event("attended", appointment_id, STARTS, notifier.clock.now()))
+    assert {r.status for r in notifier.rows(kind="reminder")} == {"cancelled"}
+    notifier.clock.set("2026-12-14T10:00:00+00:00")
+    notifier.dispatch()
+    assert "how is your pain" in notifier.sms_to()[-1]["body"]
+    assert len(notifier.sms_to()) == 2
