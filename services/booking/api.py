@@ -6,7 +6,7 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.views import MethodView
@@ -16,9 +16,20 @@ from twilio.request_validator import RequestValidator
 
 from services.booking import service
 from services.booking.schemas import (
-    AppointmentIn, AppointmentOut, AppointmentsQuery, AvailabilityOut, AvailabilityQuery,
-    CancelIn, ClinicianIn, ClinicianOut, PatientIn, PatientOut, PatientQuery, PhoneCallIn,
-    RescheduleIn, TreatmentOut,
+    AppointmentIn,
+    AppointmentOut,
+    AppointmentsQuery,
+    AvailabilityOut,
+    AvailabilityQuery,
+    CancelIn,
+    ClinicianIn,
+    ClinicianOut,
+    PatientIn,
+    PatientOut,
+    PatientQuery,
+    PhoneCallIn,
+    RescheduleIn,
+    TreatmentOut,
 )
 from shared.errors import Invalid, NotFound
 from shared.web import ErrorResponse, json_error, protect, require_role
@@ -134,10 +145,9 @@ class Appointments(MethodView):
     @api.alt_response(409, schema=ErrorResponse, description="The slot is taken")
     def post(self, fields):
         ctx = _context()
-        appointment = service.book_appointment(
+        return service.book_appointment(
             ctx.uow(), fields["patient_id"], fields["clinician_id"], fields["treatment_code"],
             fields["starts_at"], ctx.tz, _idempotency_key())
-        return service.appointment_view(ctx.uow(), appointment.id)
 
     @api.doc(**SECURED)
     @api.arguments(AppointmentsQuery, **QUERY)
@@ -257,6 +267,6 @@ def twilio_voice_webhook():
         service.record_phone_call(ctx.uow(), {
             "event": "call.missed", "call_id": request.form["CallSid"],
             "from": request.form.get("From", ""), "to": request.form.get("To", ""),
-            "at": datetime.now(timezone.utc),
+            "at": datetime.now(UTC),
         })
     return ("<Response/>", 200, {"Content-Type": "text/xml"})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timezone
+from datetime import UTC
 
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
@@ -237,4 +237,4 @@ class PhoneCallIn(Requesting):
     # `from` is a Python keyword: data_key keeps the wire name.
     from_ = fields.String(data_key="from", required=True, validate=validate.Length(1, 40))
     to = fields.String(required=True, validate=validate.Length(1, 40))
-    at = fields.AwareDateTime(required=True, format="iso", default_timezone=timezone.utc)
+    at = fields.AwareDateTime(required=True, format="iso", default_timezone=UTC)

@@ -3,6 +3,7 @@ so the change and its announcement commit together or not at all."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -75,53 +76,61 @@ def free_slots(uow: BookingUnitOfWork, clinician_id: uuid.UUID, treatment_code: 
 
 def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id: uuid.UUID,
                      treatment_code: str, starts_at: datetime, tz: ZoneInfo,
-                     key: str | None = None) -> Appointment:
+                     key: str | None = None) -> Mapping[str, Any]:
+    """The appointment as reception sees it (AppointmentOut), built from what was written:
+    answering needs no second transaction to read it back."""
     request = {"patient_id": patient_id, "clinician_id": clinician_id,
                "treatment_code": treatment_code, "starts_at": starts_at.isoformat()}
     with uow:
         existing = _replayed_id(uow, "appointments", key, request)
         if existing:
-            return uow.appointments.get(existing)
-        patient = uow.patients.get(patient_id)
+            return uow.appointments.view(existing)
+        parties = uow.appointments.booking_parties(patient_id, clinician_id, treatment_code)
+        patient, clinician, treatment = parties.patient, parties.clinician, parties.treatment
         errors = {}
         if patient is None:
             errors["patient_id"] = ["no such patient"]
-        clinician = uow.clinicians.get(clinician_id)
         if clinician is None:
             errors["clinician_id"] = ["no such clinician"]
-        treatment = uow.treatments.get(treatment_code)
         if treatment is None:
             errors["treatment_code"] = ["no such treatment"]
         if errors:
             raise Invalid("Unknown patient, clinician or treatment", errors)
         slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
-        _ensure_free(uow, clinician_id, slot)
-        first = not uow.appointments.has_any(patient_id)
+        first = not parties.booked_before
         appointment = Appointment(uuid.uuid4(), patient_id, clinician_id, treatment_code,
                                   slot.starts_at, slot.ends_at)
         needs_form = first or treatment.requires_consent
-        _insert(uow, appointment, "sent" if needs_form else "not_required")
+        # Taken before the outbox row, so one appointment's events follow commit order.
+        written = _insert(uow, appointment, "sent" if needs_form else "not_required")
         uow.outbox.add(_appointment_event(
             uow, "booking.appointment.booked", appointment, patient, clinician, treatment,
             first_appointment=first))
         _remember(uow, "appointments", key, appointment.id)
         uow.commit()
-    return appointment
+    return written
 
 
 def _ensure_free(uow: BookingUnitOfWork, clinician_id, slot: Slot, excluding=None) -> None:
     if uow.appointments.taken(clinician_id, slot.starts_at, slot.ends_at, excluding):
-        raise Conflict("That time is already booked for this clinician",
-                       {"starts_at": ["slot is taken"]})
+        raise _slot_taken()
 
 
-def _insert(uow: BookingUnitOfWork, appointment: Appointment, form_status: str) -> None:
+def _slot_taken() -> Conflict:
+    return Conflict("That time is already booked for this clinician",
+                    {"starts_at": ["slot is taken"]})
+
+
+def _insert(uow: BookingUnitOfWork, appointment: Appointment, form_status: str) -> dict:
+    """No savepoint: a refused insert ends the whole booking, whose transaction is then
+    rolled back (the Idempotency-Key claim with it, so a retry is judged afresh)."""
     try:
-        with uow.connection.begin_nested():
-            uow.appointments.add(appointment, form_status)
-    except sa.exc.IntegrityError as error:
-        raise Conflict("That time is already booked for this clinician",
-                       {"starts_at": ["slot is taken"]}) from error
+        written = uow.appointments.add_if_free(appointment, form_status)
+    except sa.exc.IntegrityError as error:  # PostgreSQL's exclusion constraint, under a race
+        raise _slot_taken() from error
+    if written is None:
+        raise _slot_taken()
+    return written
 
 
 def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
@@ -139,8 +148,7 @@ def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
             with uow.connection.begin_nested():
                 uow.appointments.update(appointment)
         except sa.exc.IntegrityError as error:
-            raise Conflict("That time is already booked for this clinician",
-                           {"starts_at": ["slot is taken"]}) from error
+            raise _slot_taken() from error
         patient = uow.patients.get(appointment.patient_id)
         uow.outbox.add(_appointment_event(
             uow, "booking.appointment.rescheduled", appointment, patient, clinician, treatment,
