@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import booking, relay
+from bench import (
+    booking,
+    notify_dispatch,
+    notify_e2e,
+    notify_ingest,
+    notify_schedule,
+    relay,
+)
 from bench.infra import broker_went_away, wait_for_broker
 from bench.report import Row, table, write_json
 from bench.settings import Settings
@@ -24,6 +31,10 @@ Measurement = Callable[[Settings], list[Row]]
 MEASUREMENTS: dict[str, Measurement] = {
     "booking": booking.measure,
     "relay": relay.measure,
+    "notify_schedule": notify_schedule.measure,
+    "notify_e2e": notify_e2e.measure,
+    "notify_ingest": notify_ingest.measure,
+    "notify_dispatch": notify_dispatch.measure,
 }
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
