@@ -368,3 +368,36 @@ def test_a_check_in_survives_its_attended_event_handled_after_it(notifier):
     notifier.dispatch()
     assert "how is your pain" in notifier.sms_to()[-1]["body"]
     assert len(notifier.sms_to()) == 2
+
+
+def form_event(notifier, kind, appointment_id, form_id, **data):
+    return Event(type=f"forms.form.{kind}", source="/forms", subject=appointment_id,
+                 time=notifier.clock.now(), data={
+                     "form_id": form_id, "appointment_id": appointment_id, "patient_id": "p-1",
+                     "appointment_starts_at": STARTS.isoformat(), "contact": contact(), **data})
+
+
+def test_a_form_link_goes_at_once_and_its_nudge_only_while_the_form_is_incomplete(notifier):
+    appointment_id, form_id = new_id(), new_id()
+    url = "https://forms.clinic.example/f/signed-token"
+    notifier.handle(form_event(notifier, "sent", appointment_id, form_id, url=url))
+    notifier.dispatch()
+    assert url in notifier.sms_to()[-1]["body"]
+    [nudge, _] = notifier.rows(kind="form_nudge")
+    assert nudge.due_at == STARTS - timedelta(hours=24)
+    notifier.handle(form_event(notifier, "completed", appointment_id, form_id))
+    notifier.clock.set("2026-11-29T10:00:00+00:00")
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    assert {r.status for r in notifier.rows(kind="form_nudge")} == {"cancelled"}
+
+
+def test_an_incomplete_form_gets_one_nudge(notifier):
+    appointment_id, form_id = new_id(), new_id()
+    notifier.handle(form_event(notifier, "sent", appointment_id, form_id,
+                               url="https://forms.clinic.example/f/t"))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-29T10:00:00+00:00")
+    notifier.dispatch()
+    notifier.dispatch()
+    assert ["still needed" in m["body"] for m in notifier.sms_to()] == [False, True]
