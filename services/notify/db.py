@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from services.notify.model.policy import PlannedMessage
@@ -134,14 +135,29 @@ class MessageRepository:
 
     def schedule(self, planned: PlannedMessage, fallback_of: uuid.UUID | None = None) -> bool:
         """Store a planned message unless the same one (dedupe key) is stored already."""
+        return insert_ignoring_duplicates(self._c, messages,
+                                          self._row(planned, fallback_of, self._clock.now()))
+
+    def schedule_all(self, planned: list[PlannedMessage]) -> int:
+        """Store what an event plans, skipping any message stored already (dedupe key), in
+        one statement rather than a round trip per message; how many were new."""
+        if not planned:
+            return 0
         now = self._clock.now()
-        return insert_ignoring_duplicates(self._c, messages, dict(
+        insert = (postgresql if self._c.dialect.name == "postgresql" else sqlite).insert
+        return len(self._c.execute(
+            insert(messages).values([self._row(p, None, now) for p in planned])
+            .on_conflict_do_nothing().returning(messages.c.id)).all())
+
+    @staticmethod
+    def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime) -> dict:
+        return dict(
             id=uuid.uuid4(), dedupe_key=planned.dedupe_key, kind=planned.kind,
             channel=planned.channel, to_address=planned.to,
             appointment_id=planned.appointment_id, patient_id=planned.patient_id,
             context=json.dumps(planned.context, default=_json_default),
             due_at=planned.due_at, status=PENDING, attempts=0, fallback_of=fallback_of,
-            created_at=now, updated_at=now))
+            created_at=now, updated_at=now)
 
     def cancel_pending(self, appointment_id: str, kinds: tuple[str, ...] | None = None) -> int:
         statement = messages.update().where(
@@ -277,10 +293,18 @@ def reserve_slot(connection: Connection, name: str, now: datetime,
     the slots never overlap however many workers ask; the caller waits for its slot rather
     than asking again, which costs one round trip per message.
     """
+    if connection.dialect.name == "postgresql":
+        # One statement under the row's lock instead of insert, select for update, update:
+        # this runs before every SMS, so its round trips bound the rate under the cap.
+        taken = connection.execute(
+            postgresql.insert(rate_limits).values(name=name, next_slot_at=now + interval)
+            .on_conflict_do_update(index_elements=[rate_limits.c.name], set_={
+                "next_slot_at": sa.func.greatest(rate_limits.c.next_slot_at,
+                                                 sa.literal(now, UTCDateTime)) + interval})
+            .returning(rate_limits.c.next_slot_at)).scalar_one()
+        return taken - interval
     insert_ignoring_duplicates(connection, rate_limits, dict(name=name, next_slot_at=now))
     query = sa.select(rate_limits.c.next_slot_at).where(rate_limits.c.name == name)
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update()
     slot = max(connection.execute(query).scalar_one(), now)
     connection.execute(rate_limits.update().where(rate_limits.c.name == name)
                        .values(next_slot_at=slot + interval))

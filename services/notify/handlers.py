@@ -28,11 +28,10 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         if appointment_id and cancel:
             uow.messages.cancel_pending(appointment_id, cancel)
-        for planned in plan():
-            # Every new row wakes the schedulers, not only those due now: one idling until a
-            # later time must learn of a message due sooner.
-            if uow.messages.schedule(planned):
-                uow.wake_scheduler()
+        # Every new row wakes the schedulers, not only those due now: one idling until a
+        # later time must learn of a message due sooner.
+        if uow.messages.schedule_all(plan()):
+            uow.wake_scheduler()
         uow.commit()
 
 
