@@ -145,9 +145,11 @@ class MessageRepository:
             return 0
         now = self._clock.now()
         insert = (postgresql if self._c.dialect.name == "postgresql" else sqlite).insert
+        # executemany with RETURNING: SQLAlchemy sends the rows as one multi-row INSERT (its
+        # "insertmanyvalues") from a statement it compiles once, not once per event.
         return len(self._c.execute(
-            insert(messages).values([self._row(p, None, now) for p in planned])
-            .on_conflict_do_nothing().returning(messages.c.id)).all())
+            insert(messages).on_conflict_do_nothing().returning(messages.c.id),
+            [self._row(p, None, now) for p in planned]).all())
 
     @staticmethod
     def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime) -> dict:
