@@ -46,6 +46,8 @@ SECURED = {"security": [{"bearerAuth": []}]}
 # webargs ignores unknown query parameters unless told otherwise; refused, so that a misspelt
 # `?clinican_id=` is an error rather than every clinician's day listed as if it were one.
 QUERY = {"location": "query", "unknown": RAISE}
+# Argument schemas are given as instances: given a class, webargs builds a new schema on every
+# request. An instance holds no state between loads, so threads may share it.
 
 
 def _context():
@@ -65,7 +67,7 @@ def _idempotency_key() -> str | None:
 @api.route("/patients")
 class Patients(MethodView):
     @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
-    @api.arguments(PatientIn)
+    @api.arguments(PatientIn())
     @api.response(201, PatientOut)
     def post(self, fields):
         """Register a patient (reception records name, date of birth, address and GP)."""
@@ -73,7 +75,7 @@ class Patients(MethodView):
         return service.register_patient(ctx.uow(), fields, ctx.tz, _idempotency_key())
 
     @api.doc(**SECURED)
-    @api.arguments(PatientQuery, **QUERY)
+    @api.arguments(PatientQuery(), **QUERY)
     @api.response(200, PatientOut(many=True))
     def get(self, query):
         """Find patients by phone number (as the phone system or reception knows it)."""
@@ -105,7 +107,7 @@ class Clinicians(MethodView):
             return uow.clinicians.list()
 
     @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
-    @api.arguments(ClinicianIn)
+    @api.arguments(ClinicianIn())
     @api.response(201, ClinicianOut)
     def post(self, fields):
         """Add a clinician with weekly working hours in clinic time (admin only)."""
@@ -127,7 +129,7 @@ class Treatments(MethodView):
 @api.route("/availability")
 class Availability(MethodView):
     @api.doc(**SECURED)
-    @api.arguments(AvailabilityQuery, **QUERY)
+    @api.arguments(AvailabilityQuery(), **QUERY)
     @api.response(200, AvailabilityOut)
     def get(self, query):
         """Free slots for a clinician and treatment on a clinic-local date."""
@@ -140,7 +142,7 @@ class Availability(MethodView):
 @api.route("/appointments")
 class Appointments(MethodView):
     @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
-    @api.arguments(AppointmentIn)
+    @api.arguments(AppointmentIn())
     @api.response(201, AppointmentOut)
     @api.alt_response(409, schema=ErrorResponse, description="The slot is taken")
     def post(self, fields):
@@ -150,7 +152,7 @@ class Appointments(MethodView):
             fields["starts_at"], ctx.tz, _idempotency_key())
 
     @api.doc(**SECURED)
-    @api.arguments(AppointmentsQuery, **QUERY)
+    @api.arguments(AppointmentsQuery(), **QUERY)
     @api.response(200, AppointmentOut(many=True))
     def get(self, query):
         """The day's appointments in clinic time, optionally for one clinician."""
@@ -172,7 +174,7 @@ def _changed(appointment_id: uuid.UUID):
 
 @api.route("/appointments/<uuid:appointment_id>/reschedule", methods=["POST"])
 @api.doc(**SECURED)
-@api.arguments(RescheduleIn)
+@api.arguments(RescheduleIn())
 @api.response(200, AppointmentOut)
 def reschedule(fields, appointment_id: uuid.UUID):
     ctx = _context()
@@ -183,7 +185,7 @@ def reschedule(fields, appointment_id: uuid.UUID):
 
 @api.route("/appointments/<uuid:appointment_id>/cancel", methods=["POST"])
 @api.doc(**SECURED)
-@api.arguments(CancelIn)
+@api.arguments(CancelIn())
 @api.response(200, AppointmentOut)
 def cancel(fields, appointment_id: uuid.UUID):
     service.cancel_appointment(_context().uow(), appointment_id, fields["reason"], "reception")

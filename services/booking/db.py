@@ -247,12 +247,13 @@ class AppointmentRepository:
         row = self._c.execute(_BOOKING_PARTIES, {
             "patient_id": patient_id, "clinician_id": clinician_id,
             "treatment_code": treatment_code}).one()
+        patient = _part(row, 0, patients)
+        clinician = _part(row, len(patients.c), clinicians)
+        treatment = _part(row, len(patients.c) + len(clinicians.c), treatments)
         return BookingParties(
-            patient=_patient(_part(row, "patient_")) if row.patient_id is not None else None,
-            clinician=(_clinician(_part(row, "clinician_"))
-                       if row.clinician_id is not None else None),
-            treatment=(_treatment(_part(row, "treatment_"))
-                       if row.treatment_code is not None else None),
+            patient=_patient(patient) if patient else None,
+            clinician=_clinician(clinician) if clinician else None,
+            treatment=_treatment(treatment) if treatment else None,
             booked_before=row.booked_before,
         )
 
@@ -314,22 +315,21 @@ class BookingParties:
     booked_before: bool
 
 
-def _labelled(table: sa.Table, prefix: str) -> list:
-    return [column.label(prefix + column.key) for column in table.c]
-
-
-def _part(row, prefix: str) -> SimpleNamespace:
-    """One table's columns of a joined row under their own names, as the mappers read them."""
-    return SimpleNamespace(**{key[len(prefix):]: value for key, value in row._mapping.items()
-                              if key.startswith(prefix)})
+def _part(row, start: int, table: sa.Table) -> SimpleNamespace | None:
+    """`table`'s columns of a joined row, from position `start`, under their own names as the
+    mappers read them; None when the outer join found nothing (its first column, the primary
+    key, is null)."""
+    values = row[start:start + len(table.c)]
+    if values[0] is None:
+        return None
+    return SimpleNamespace(**dict(zip(table.c.keys(), values, strict=True)))
 
 
 _patient_id = sa.bindparam("patient_id", type_=sa.Uuid)
 _clinician_id = sa.bindparam("clinician_id", type_=sa.Uuid)
 _BOOKING_PARTIES = (
     sa.select(
-        *_labelled(patients, "patient_"), *_labelled(clinicians, "clinician_"),
-        *_labelled(treatments, "treatment_"),
+        *patients.c, *clinicians.c, *treatments.c,
         sa.exists().where(appointments.c.patient_id == _patient_id).label("booked_before"),
     )
     .select_from(
