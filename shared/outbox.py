@@ -15,10 +15,11 @@ from datetime import timedelta
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from shared.clock import Clock
-from shared.db import outbox_channel
+from shared.db import BigId, outbox_channel
 from shared.logging import get_logger
 from shared.messaging import OutgoingMessage, Publisher
 
@@ -97,6 +98,13 @@ class OutboxRelay:
             AdvisoryLockLeadership(engine, service)
             if engine.dialect.name == "postgresql" else SoleLeadership()
         )
+        # One array parameter on PostgreSQL rather than a 500-item IN list, which every batch
+        # would render, convert and send anew.
+        if engine.dialect.name == "postgresql":
+            batch = table.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(BigId)))
+        else:
+            batch = table.c.id.in_(sa.bindparam("ids", expanding=True))
+        self._mark_published = table.update().where(batch)
 
     def publish_pending(self) -> int:
         """Publish the oldest pending batch and mark it published; the count sent."""
@@ -115,11 +123,8 @@ class OutboxRelay:
             [OutgoingMessage(row.type, bytes(row.body), row.event_id) for row in rows]
         )
         with self._engine.begin() as connection:
-            connection.execute(
-                table.update()
-                .where(table.c.id.in_([row.id for row in rows]))
-                .values(published_at=self._clock.now())
-            )
+            connection.execute(self._mark_published, {
+                "ids": [row.id for row in rows], "published_at": self._clock.now()})
         return len(rows)
 
     def prune(self, keep: timedelta = timedelta(days=7)) -> int:
