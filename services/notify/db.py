@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from services.notify.model.delivery import ABOUT_A_COMING_APPOINTMENT, FINISHED_APPOINTMENT
 from services.notify.model.policy import PlannedMessage
 from shared.clock import Clock
 from shared.db import (
@@ -95,6 +96,16 @@ appointment_states = sa.Table(
     sa.Column("event_time", UTCDateTime, nullable=False),
 )
 
+# Twilio's status reports for a sid we have not recorded yet: a fast callback can overtake the
+# commit of the send it reports on. Applied, then deleted, when the sid is recorded.
+early_reports = sa.Table(
+    "early_reports", metadata,
+    sa.Column("provider_id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(20), primary_key=True),
+    sa.Column("error_code", sa.String(20), nullable=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
 webhook_receipts = sa.Table(
     "webhook_receipts", metadata,
     sa.Column("key", sa.String(200), primary_key=True),
@@ -161,13 +172,26 @@ class MessageRepository:
             due_at=planned.due_at, status=PENDING, attempts=0, fallback_of=fallback_of,
             created_at=now, updated_at=now)
 
-    def cancel_pending(self, appointment_id: str, kinds: tuple[str, ...] | None = None) -> int:
+    def cancel_pending(self, appointment_id: str, kinds: tuple[str, ...] | None = None,
+                       reason: str | None = None) -> int:
+        """Cancel what has not gone yet: pending rows, and rows a scheduler has claimed but not
+        begun to send (its `begin_send` then finds the row cancelled and sends nothing)."""
         statement = messages.update().where(
-            messages.c.appointment_id == appointment_id, messages.c.status == PENDING)
+            messages.c.appointment_id == appointment_id, _not_yet_sent())
         if kinds:
             statement = statement.where(messages.c.kind.in_(kinds))
         return self._c.execute(statement.values(
-            status=CANCELLED, updated_at=self._clock.now())).rowcount
+            status=CANCELLED, claim_token=None, lease_until=None, error=reason,
+            updated_at=self._clock.now())).rowcount
+
+    def hold_for_opt_out(self, phone: str) -> int:
+        """STOP: SMS to this number claimed but not begun go back to pending, where the next
+        round cancels them as opted out (their claimer's `begin_send` finds them gone)."""
+        return self._c.execute(messages.update().where(
+            messages.c.to_address == phone, messages.c.channel == "sms",
+            messages.c.status == SENDING, messages.c.sending_at.is_(None),
+        ).values(status=PENDING, claim_token=None, lease_until=None,
+                 updated_at=self._clock.now())).rowcount
 
     def last_sent_to_patient(self, patient_id: str, kind: str) -> datetime | None:
         return self._c.execute(sa.select(sa.func.max(messages.c.created_at)).where(
@@ -195,17 +219,19 @@ class MessageRepository:
         self._c.execute(messages.update().where(messages.c.id == message_id).values(
             updated_at=self._clock.now(), **values))
 
-    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta) -> bool:
-        """Record, before the provider call, that this claim is about to send now.
+    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta,
+                   at: datetime | None = None) -> bool:
+        """Record, before the provider call, that this claim sends at `at` (now by default).
 
         `sending_at` bounds the provider search after a crash. False when the claim is no longer
         ours (lease taken over) or the message was cancelled meanwhile: then nothing is sent.
         """
         now = self._clock.now()
+        at = at or now
         return self._c.execute(messages.update().where(
             messages.c.id == message_id, messages.c.claim_token == token,
             messages.c.status == SENDING,
-        ).values(sending_at=now, lease_until=now + lease, updated_at=now,
+        ).values(sending_at=at, lease_until=at + lease, updated_at=now,
                  attempts=messages.c.attempts + 1)).rowcount == 1
 
     def hand_over(self, message_id: uuid.UUID, token: uuid.UUID) -> bool:
@@ -235,6 +261,30 @@ class MessageRepository:
     def next_due_at(self) -> datetime | None:
         return self._c.execute(sa.select(sa.func.min(messages.c.due_at)).where(
             messages.c.status == PENDING)).scalar()
+
+
+def _not_yet_sent():
+    return sa.or_(messages.c.status == PENDING,
+                  sa.and_(messages.c.status == SENDING, messages.c.sending_at.is_(None)))
+
+
+def cancel_unwanted(connection: Connection, now: datetime) -> int:
+    """Due messages that must not go, cancelled with the reason before anything is claimed:
+    SMS to a number that replied STOP, and messages about an appointment that is over
+    (`model.delivery.ABOUT_A_COMING_APPOINTMENT`). Two set-wise statements a round rather
+    than a query per message, and before the claim, so a skipped message never reaches a
+    sender."""
+    due = sa.and_(messages.c.status == PENDING, messages.c.due_at <= now)
+    opted_out = sa.select(opt_outs.c.phone).where(opt_outs.c.opted_out.is_(True))
+    finished = sa.select(appointment_states.c.appointment_id).where(
+        appointment_states.c.status.in_(sorted(FINISHED_APPOINTMENT)))
+    cancelled = connection.execute(messages.update().where(
+        due, messages.c.channel == "sms", messages.c.to_address.in_(opted_out),
+    ).values(status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
+    return cancelled + connection.execute(messages.update().where(
+        due, messages.c.kind.in_(sorted(ABOUT_A_COMING_APPOINTMENT)),
+        messages.c.appointment_id.in_(finished),
+    ).values(status=CANCELLED, error="appointment no longer coming", updated_at=now)).rowcount
 
 
 def claim_due(connection: Connection, now: datetime, limit: int, lease: timedelta,
@@ -380,6 +430,20 @@ class AppointmentStates:
             appointment_states.c.appointment_id == appointment_id)).scalar()
 
 
+class EarlyReports:
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def keep(self, provider_id: str, status: str, error_code: str | None) -> None:
+        insert_ignoring_duplicates(self._c, early_reports, dict(
+            provider_id=provider_id, status=status, error_code=error_code,
+            received_at=self._clock.now()))
+
+    def take(self, provider_id: str) -> list:
+        return self._c.execute(early_reports.delete().where(
+            early_reports.c.provider_id == provider_id).returning(early_reports)).all()
+
+
 class WebhookReceipts:
     def __init__(self, connection: Connection, clock: Clock):
         self._c, self._clock = connection, clock
@@ -400,6 +464,7 @@ class NotifyUnitOfWork(UnitOfWork):
         self.opt_outs = OptOutRepository(connection, self.clock)
         self.receipts = WebhookReceipts(connection, self.clock)
         self.appointments = AppointmentStates(connection)
+        self.early_reports = EarlyReports(connection, self.clock)
         self._wake_scheduler = False
 
     def wake_scheduler(self) -> None:

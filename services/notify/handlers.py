@@ -11,10 +11,12 @@ from shared.events import Event
 # Everything still pending about a coming appointment, which the patient should no longer
 # receive once it is over. Not a check-in: that one follows an attended appointment.
 APPOINTMENT_MESSAGES = tuple(sorted(ABOUT_A_COMING_APPOINTMENT))
+NO_LONGER_COMING = "appointment no longer coming"
 
 
 def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
-              cancel: tuple[str, ...] = ()) -> None:
+              cancel: tuple[str, ...] = (), reason: str | None = None) -> None:
+    """Store what `plan` returns, after cancelling the appointment's unsent `cancel` kinds."""
     uow = context.uow()
     with uow:
         if not uow.processed.add(consumer, event.id):
@@ -27,7 +29,7 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
             return
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         if appointment_id and cancel:
-            uow.messages.cancel_pending(appointment_id, cancel)
+            uow.messages.cancel_pending(appointment_id, cancel, reason)
         # Every new row wakes the schedulers, not only those due now: one idling until a
         # later time must learn of a message due sooner.
         if uow.messages.schedule_all(plan()):
@@ -43,19 +45,19 @@ def on_booked(event: Event, context) -> None:
 def on_rescheduled(event: Event, context) -> None:
     _schedule(context, event, "notify.rescheduled", lambda: policy.plan_rescheduled(
         event.data, context.clock.now(), context.offsets, context.quiet, context.tz),
-        cancel=("confirmation", "reminder", "rescheduled"))
+        cancel=("confirmation", "reminder", "rescheduled"), reason="replaced by the new time")
 
 
 def on_cancelled(event: Event, context) -> None:
     _schedule(context, event, "notify.cancelled",
               lambda: policy.plan_cancelled(event.data, context.clock.now()),
-              cancel=APPOINTMENT_MESSAGES)
+              cancel=APPOINTMENT_MESSAGES, reason=NO_LONGER_COMING)
 
 
 def on_finished(event: Event, context) -> None:
     """Attended or no-show: nothing further is sent for that appointment."""
     _schedule(context, event, f"notify.{event.type.rsplit('.', 1)[1]}", lambda: [],
-              cancel=APPOINTMENT_MESSAGES)
+              cancel=APPOINTMENT_MESSAGES, reason=NO_LONGER_COMING)
 
 
 def on_followup(event: Event, context) -> None:
@@ -84,7 +86,8 @@ def on_form_sent(event: Event, context) -> None:
 
 
 def on_form_completed(event: Event, context) -> None:
-    _schedule(context, event, "notify.form_completed", lambda: [], cancel=("form_nudge",))
+    _schedule(context, event, "notify.form_completed", lambda: [], cancel=("form_nudge",),
+              reason="form completed")
 
 
 HANDLERS = {

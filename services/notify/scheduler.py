@@ -9,7 +9,6 @@ Nothing is held in memory between rounds: the schedule is the table.
 """
 from __future__ import annotations
 
-import json
 import select
 import threading
 import time
@@ -29,14 +28,19 @@ from services.notify.db import (
     SENDING,
     SENT,
     ClaimedMessage,
+    cancel_unwanted,
     claim_due,
     expired_leases,
     messages,
     reserve_slot,
 )
 from services.notify.model import backoff_delay
-from services.notify.model.delivery import send_slot_interval, still_wanted
-from services.notify.model.policy import PlannedMessage
+from services.notify.model.delivery import send_slot_interval
+from services.notify.outcomes import (
+    apply_early_reports,
+    message_event_data,
+    schedule_email_fallback,
+)
 from services.notify.senders import PermanentSendError, TransientSendError
 from services.notify.senders.email import message_id_header
 from shared.events import new_event
@@ -131,9 +135,12 @@ class Scheduler:
             signal.close()
 
     def dispatch_due(self, stop: threading.Event | None = None) -> int:
-        """One round: recover abandoned sends, then send what is due. The count handled."""
+        """One round: recover abandoned sends, drop what must not go, then send what is due.
+        The count handled."""
         stop = stop or threading.Event()
-        handled = 0
+        with self.context.uow() as uow:
+            handled = cancel_unwanted(uow.connection, uow.clock.now())
+            uow.commit()
         for message in self._claim(expired_leases, limit=EMAIL_BATCH):
             self._recover(message)
             handled += 1
@@ -174,24 +181,21 @@ class Scheduler:
     # --- one message -----------------------------------------------------------------------
 
     def deliver(self, message: ClaimedMessage) -> None:
-        with self.context.uow() as uow:
-            reason = self._reason_not_to_send(uow, message)
-            if reason:
-                uow.messages.settle(message.id, self.token, status=CANCELLED, error=reason)
-                uow.commit()
-                log.info("message.skipped", message_id=str(message.id), kind=message.kind,
-                         reason=reason)
-                return
         if message.attempts >= MAX_ATTEMPTS:
             self._failed(message, None, f"gave up after {message.attempts} attempts")
             return
-        if message.channel == "sms":
-            self._wait_for_send_slot()
         with self.context.uow() as uow:
-            mine = uow.messages.begin_send(message.id, self.token, self.lease)
+            # An SMS takes the next slot under the shared cap in the same transaction that
+            # records when it will be sent: one round trip, and a claim that turns out not to
+            # be ours any more (cancelled, taken over) gives its slot back by rolling back.
+            at = (reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
+                  if message.channel == "sms" else None)
+            if not uow.messages.begin_send(message.id, self.token, self.lease, at):
+                return
             uow.commit()
-        if not mine:
-            return
+        wait = (at - self.context.clock.now()).total_seconds() if at else 0.0
+        if wait > 0:
+            time.sleep(wait)
         try:
             result = self._send(message)
         except PermanentSendError as error:
@@ -200,22 +204,6 @@ class Scheduler:
             self._retry_later(message, error)
         else:
             self._sent(message, result.provider_id, result.status)
-
-    def _reason_not_to_send(self, uow, message: ClaimedMessage) -> str | None:
-        if message.appointment_id and not still_wanted(
-                message.kind, uow.appointments.status(message.appointment_id)):
-            return "appointment no longer coming"
-        if message.channel == "sms" and uow.opt_outs.is_opted_out(message.to):
-            return "opted out of SMS"
-        return None
-
-    def _wait_for_send_slot(self) -> None:
-        with self.context.uow() as uow:
-            slot = reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
-            uow.commit()
-        wait = (slot - self.context.clock.now()).total_seconds()
-        if wait > 0:
-            time.sleep(wait)
 
     def _send(self, message: ClaimedMessage):
         texts = self.context.texts
@@ -267,6 +255,8 @@ class Scheduler:
                                    provider_status=status, error=None, error_code=None):
                 uow.outbox.add(self._event("notify.message.sent", message, uow.clock,
                                            provider_id=provider_id, status=SENT))
+                if provider_id:
+                    apply_early_reports(uow, self.context.texts, message.id, provider_id)
             uow.commit()
         log.info("message.sent", message_id=str(message.id), kind=message.kind,
                  channel=message.channel, provider_id=provider_id)
@@ -322,30 +312,3 @@ class Scheduler:
                 messages.c.status.in_((SENT, "delivered", FAILED, CANCELLED)),
                 messages.c.updated_at < cutoff))
             uow.commit()
-
-
-def message_event_data(message_id, kind: str, channel: str, appointment_id: str | None,
-                       patient_id: str | None, **extra) -> dict:
-    """What `notify.message.*` carries: ids and status, never the text or the address."""
-    return {"message_id": str(message_id), "kind": kind, "channel": channel,
-            "appointment_id": appointment_id, "patient_id": patient_id, **extra}
-
-
-def schedule_email_fallback(uow, message_id: uuid.UUID, texts) -> bool:
-    """An SMS that will not arrive goes by email, if the patient agreed to email and is not
-    getting this message by email already. Reception sees it in the log (`fallback_of`)."""
-    row = uow.messages.get(message_id)
-    if row is None or row.channel != "sms" or row.kind == "sms_fallback":
-        return False
-    sibling = row.dedupe_key.replace(":sms:", ":email:")
-    if uow.messages.exists(sibling):
-        return False
-    contact = uow.contacts.get(row.patient_id) if row.patient_id else None
-    if contact is None or not contact.email_ok or not contact.email:
-        return False
-    body = texts.sms(row.kind, json.loads(row.context))
-    return uow.messages.schedule(PlannedMessage(
-        kind="sms_fallback", channel="email", to=contact.email, due_at=uow.clock.now(),
-        appointment_id=row.appointment_id, patient_id=row.patient_id,
-        context={"sms_text": body}, dedupe_key=f"{row.id}:sms_fallback"), fallback_of=row.id)
-

@@ -2,12 +2,9 @@
 and the message log. Views parse and answer; the rules are here and in model/."""
 from __future__ import annotations
 
-from services.notify.db import DELIVERED, FAILED, SENT
-from services.notify.model import advance_status, parse_reply
-from services.notify.scheduler import message_event_data, schedule_email_fallback
+from services.notify.model import parse_reply
+from services.notify.outcomes import SOURCE, apply_delivery_report
 from shared.events import new_event
-
-SOURCE = "/notify"
 
 
 def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
@@ -20,6 +17,8 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
             return None
         if intent in ("opt_out", "opt_in"):
             uow.opt_outs.set(sender, intent == "opt_out")
+        if intent == "opt_out":
+            uow.messages.hold_for_opt_out(sender)
         contact = uow.contacts.with_phone(sender)
         patient_id = contact.patient_id if contact else None
         uow.outbox.add(new_event(SOURCE, "notify.reply.received", patient_id or message_sid, {
@@ -32,43 +31,17 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
 
 def record_delivery_report(uow, texts, message_sid: str, reported: str,
                            error_code: str | None) -> str | None:
-    """Twilio's status callback: move the message on, never back; a report that ends it
-    publishes `notify.message.delivered` or `.failed`, and a failed SMS falls back to email.
-
-    Reports come late, twice and out of order: `advance_status` keeps `delivered` when a late
-    `sent` arrives, and the receipt makes a retried callback count once.
-    """
+    """Twilio's status callback, applied once (a retried callback finds its receipt). A
+    report for a sid we have not recorded yet is kept and applied when we do."""
     with uow:
         if not uow.receipts.first_time(f"status:{message_sid}:{reported.lower()}"):
             return None
         row = uow.messages.by_provider_id(message_sid, for_update=True)
         if row is None:
+            uow.early_reports.keep(message_sid, reported.lower(), error_code)
             uow.commit()
             return None
-        before = row.provider_status or "sent"
-        after = advance_status(before, reported)
-        if after == before:
-            uow.commit()
-            return after
-        values: dict = {"provider_status": after}
-        event_type = None
-        if after == "delivered" and row.status == SENT:
-            values.update(status=DELIVERED, delivered_at=uow.clock.now())
-            event_type = "notify.message.delivered"
-        elif after in ("undelivered", "failed") and row.status in (SENT, DELIVERED):
-            values.update(status=FAILED, error_code=error_code, error=f"Twilio: {after}")
-            event_type = "notify.message.failed"
-        uow.messages.update(row.id, **values)
-        if event_type:
-            uow.outbox.add(new_event(SOURCE, event_type, row.appointment_id or row.patient_id
-                                     or str(row.id), message_event_data(
-                                         row.id, row.kind, row.channel, row.appointment_id,
-                                         row.patient_id, provider_id=message_sid,
-                                         status=values["status"], error_code=error_code),
-                                     uow.clock))
-        if values.get("status") == FAILED:
-            schedule_email_fallback(uow, row.id, texts)
-            uow.wake_scheduler()
+        after = apply_delivery_report(uow, texts, row, reported, error_code)
         uow.commit()
     return after
 

@@ -94,20 +94,13 @@ def missed_call_text_allowed(now: datetime, last_sent_to_patient: datetime | Non
     return last_sent_to_patient is None or now - last_sent_to_patient >= MISSED_CALL_INTERVAL
 
 
-# Messages about an appointment that only make sense while it is still to come.
+# Messages about an appointment that only make sense while it is still to come. Once it is
+# over (below) they are cancelled, pending or claimed, and never sent: a reminder for a
+# cancelled appointment is the one message a patient must never get. A check-in is not among
+# them: it follows an attended appointment.
 ABOUT_A_COMING_APPOINTMENT = frozenset(
     {"confirmation", "reminder", "rescheduled", "form_link", "form_nudge"})
 FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
-
-
-def still_wanted(kind: str, appointment_status: str | None) -> bool:
-    """Whether a due message should still go, given what we last heard of its appointment.
-
-    The handlers cancel pending messages when an appointment ends, but a message claimed a
-    moment earlier, or planned from an event handled late, is checked again at send time: a
-    reminder for a cancelled appointment is the one message a patient must never get.
-    """
-    return not (kind in ABOUT_A_COMING_APPOINTMENT and appointment_status in FINISHED_APPOINTMENT)
 
 
 def send_slot_interval(per_second: float) -> timedelta:

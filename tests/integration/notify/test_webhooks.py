@@ -199,3 +199,38 @@ def test_the_sms_cap_spaces_sends_across_workers(notifier):
     with notifier.context.uow() as uow:
         assert reserve_slot(uow.connection, "sms", notifier.clock.now(), interval) == (
             notifier.clock.now())
+
+
+def test_stop_while_an_sms_is_claimed_but_not_begun_stops_it(notifier, client):
+    from services.notify.db import claim_due
+    book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-28T10:00:00+00:00")
+    scheduler = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, scheduler.lease,
+                               scheduler.token)
+        uow.commit()
+    reply(notifier, client, "STOP")
+    scheduler.deliver(reminder)
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    [row] = notifier.rows(id=reminder.id)
+    assert row.status == "cancelled" and row.error == "opted out of SMS"
+
+
+def test_a_report_that_overtakes_our_record_of_the_send_is_applied_when_we_record_it(
+        notifier, client):
+    """Twilio can call back before the sender has committed the sid it was given."""
+    from tests.integration.notify.test_notifier import LEASE, _claimed_by_a_worker_that_dies
+    book(notifier, contact=contact(email_ok=False))
+    slow, message = _claimed_by_a_worker_that_dies(notifier, "sms")
+    sid = slow._send(message).provider_id
+    assert report(notifier, client, sid, "delivered").status_code == 204
+    assert notifier.published("notify.message.delivered") == []
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()                              # the send is found and recorded
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "delivered" and row.provider_id == sid
+    assert len(notifier.published("notify.message.delivered")) == 1
+    assert len(notifier.sms_to()) == 1
