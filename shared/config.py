@@ -63,6 +63,7 @@ class Config:
     reminder_offsets: str = "48h,2h"
     quiet_hours: str = "21:00-08:00"
     notify_lease_seconds: float = 60.0
+    notify_send_concurrency: int = 8
     var_dir: Path = Path("var")
     log_level: str = "INFO"
     testing: bool = False
@@ -118,6 +119,7 @@ class Config:
             reminder_offsets=env.get("REMINDER_OFFSETS", "48h,2h"),
             quiet_hours=env.get("QUIET_HOURS", "21:00-08:00"),
             notify_lease_seconds=float(get("NOTIFY_LEASE_SECONDS", "60")),
+            notify_send_concurrency=max(1, int(get("NOTIFY_SEND_CONCURRENCY", "8"))),
             var_dir=var_dir,
             log_level=get("LOG_LEVEL", "INFO"),
         )

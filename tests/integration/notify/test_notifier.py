@@ -3,6 +3,7 @@ FakeTwilio and smtplib to aiosmtpd, on PostgreSQL, with the clock moved by the t
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -401,3 +402,32 @@ def test_an_incomplete_form_gets_one_nudge(notifier):
     notifier.dispatch()
     notifier.dispatch()
     assert ["still needed" in m["body"] for m in notifier.sms_to()] == [False, True]
+
+
+def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(notifier):
+    """Eight sends in flight against a Twilio answering in 50 ms, under a cap of 20 a second:
+    every SMS once, and their send slots 1/20 s apart."""
+    import dataclasses
+    notifier.twilio.delay = 0.05
+    for n in range(30):
+        book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
+             contact=contact(phone=f"+4474003{n:05d}", email_ok=False))
+    config = notifier.context.config.with_(sms_max_per_second=20, notify_send_concurrency=8)
+    scheduler = notifier.scheduler()
+    scheduler.context = dataclasses.replace(notifier.context, config=config)
+    scheduler.__post_init__()
+    stop = threading.Event()
+    worker = threading.Thread(target=scheduler.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(notifier.twilio.messages) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(30)
+    phones = [m["to"] for m in notifier.twilio.messages]
+    assert len(phones) == 30 and len(set(phones)) == 30
+    slots = sorted(r.sending_at for r in notifier.rows(kind="confirmation"))
+    gaps = {round((b - a).total_seconds(), 3) for a, b in zip(slots, slots[1:], strict=False)}
+    assert gaps == {0.05}
