@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from services.notify.db import (
     CANCELLED,
+    DELIVERED,
     DUE_CHANNEL,
     FAILED,
     HANDED_OVER,
@@ -31,9 +32,11 @@ from services.notify.db import (
     ClaimedMessage,
     cancel_unwanted,
     claim_due,
+    early_reports,
     expired_leases,
     messages,
     reserve_slot,
+    webhook_receipts,
 )
 from services.notify.model import backoff_delay
 from services.notify.model.delivery import send_slot_interval
@@ -53,6 +56,7 @@ MAX_ATTEMPTS = 8
 EMAIL_BATCH = 50
 IDLE_WAIT = 30.0
 KEEP_HISTORY = timedelta(days=90)
+KEEP_RECEIPTS = timedelta(days=30)
 
 
 class DueSignal:
@@ -322,13 +326,19 @@ class Scheduler:
                                                            message.patient_id, **extra), clock)
 
     def _prune_now_and_then(self) -> None:
-        """Old finished messages are history: keep the table (and claims) small."""
+        """Old finished messages are history: keep the table (and claims) small. Webhook
+        receipts only need to outlive Twilio's retries, and a report for a sid never recorded
+        (a message of another system on the same account) is dropped after a day."""
         if time.monotonic() - self._last_prune < 3600:
             return
         self._last_prune = time.monotonic()
         with self.context.uow() as uow:
-            cutoff = uow.clock.now() - KEEP_HISTORY
+            now = uow.clock.now()
             uow.connection.execute(messages.delete().where(
-                messages.c.status.in_((SENT, "delivered", FAILED, CANCELLED)),
-                messages.c.updated_at < cutoff))
+                messages.c.status.in_((SENT, DELIVERED, FAILED, CANCELLED)),
+                messages.c.updated_at < now - KEEP_HISTORY))
+            uow.connection.execute(webhook_receipts.delete().where(
+                webhook_receipts.c.received_at < now - KEEP_RECEIPTS))
+            uow.connection.execute(early_reports.delete().where(
+                early_reports.c.received_at < now - timedelta(days=1)))
             uow.commit()

@@ -431,3 +431,12 @@ def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(noti
     slots = sorted(r.sending_at for r in notifier.rows(kind="confirmation"))
     gaps = {round((b - a).total_seconds(), 3) for a, b in zip(slots, slots[1:], strict=False)}
     assert gaps == {0.05}
+
+
+def test_history_is_pruned_and_what_is_still_to_send_is_kept(notifier):
+    book(notifier, starts_at=STARTS + timedelta(days=200))
+    notifier.dispatch()                                   # confirmations sent
+    notifier.clock.advance(timedelta(days=91))
+    notifier.scheduler().dispatch_due()                   # a fresh worker prunes at once
+    assert {r.kind for r in notifier.rows()} == {"reminder"}
+    assert {r.status for r in notifier.rows()} == {"pending"}
