@@ -155,7 +155,7 @@ class MessageRepository:
         if not planned:
             return 0
         now = self._clock.now()
-        insert = (postgresql if self._c.dialect.name == "postgresql" else sqlite).insert
+        insert = _dialect_insert(self._c)
         # executemany with RETURNING: SQLAlchemy sends the rows as one multi-row INSERT (its
         # "insertmanyvalues") from a statement it compiles once, not once per event.
         return len(self._c.execute(
@@ -263,6 +263,10 @@ class MessageRepository:
             messages.c.status == PENDING)).scalar()
 
 
+def _dialect_insert(connection: Connection):
+    return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
+
+
 def _not_yet_sent():
     return sa.or_(messages.c.status == PENDING,
                   sa.and_(messages.c.status == SENDING, messages.c.sending_at.is_(None)))
@@ -368,15 +372,15 @@ class ContactRepository:
         self._c, self._clock = connection, clock
 
     def remember(self, patient_id: str | None, contact: dict | None) -> None:
+        """Keep the patient's latest contact channels: one upsert per event."""
         if not patient_id or not contact:
             return
         values = dict(phone=contact.get("phone"), email=contact.get("email"),
                       sms_ok=bool(contact.get("sms")), email_ok=bool(contact.get("email_ok")),
                       updated_at=self._clock.now())
-        if not insert_ignoring_duplicates(self._c, contacts, {"patient_id": patient_id,
-                                                              **values}):
-            self._c.execute(contacts.update().where(contacts.c.patient_id == patient_id)
-                            .values(**values))
+        self._c.execute(_dialect_insert(self._c)(contacts).values(patient_id=patient_id, **values)
+                        .on_conflict_do_update(index_elements=[contacts.c.patient_id],
+                                               set_=values))
 
     def get(self, patient_id: str):
         return self._c.execute(
@@ -410,20 +414,18 @@ class AppointmentStates:
 
         Events for one appointment leave booking in commit order, but two notify workers, or a
         redelivery after a crash, can handle them out of order: a `booked` handled after its
-        `cancelled` must not plan reminders again. The row lock serialises the two handlers.
+        `cancelled` must not plan reminders again. One upsert that only overwrites an older
+        state; the row lock it takes serialises two handlers of the same appointment.
         """
-        values = dict(appointment_id=appointment_id, status=status, event_time=event_time)
-        if insert_ignoring_duplicates(self._c, appointment_states, values):
-            return True
-        query = sa.select(appointment_states).where(
-            appointment_states.c.appointment_id == appointment_id)
-        if self._c.dialect.name == "postgresql":
-            query = query.with_for_update()
-        if self._c.execute(query).one().event_time > event_time:
-            return False
-        self._c.execute(appointment_states.update().where(
-            appointment_states.c.appointment_id == appointment_id).values(**values))
-        return True
+        table = appointment_states
+        insert = _dialect_insert(self._c)(table).values(
+            appointment_id=appointment_id, status=status, event_time=event_time)
+        applied = self._c.execute(insert.on_conflict_do_update(
+            index_elements=[table.c.appointment_id],
+            set_={"status": insert.excluded.status, "event_time": insert.excluded.event_time},
+            where=table.c.event_time <= insert.excluded.event_time,
+        ).returning(table.c.appointment_id)).first()
+        return applied is not None
 
     def status(self, appointment_id: str) -> str | None:
         return self._c.execute(sa.select(appointment_states.c.status).where(

@@ -3,9 +3,11 @@ transaction as its processed-event mark: a redelivered event schedules nothing t
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from services.notify.model import policy
 from services.notify.model.delivery import ABOUT_A_COMING_APPOINTMENT
+from services.notify.scheduler import RECHECK_SECONDS
 from shared.events import Event
 
 # Everything still pending about a coming appointment, which the patient should no longer
@@ -30,9 +32,11 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         if appointment_id and cancel:
             uow.messages.cancel_pending(appointment_id, cancel, reason)
-        # Every new row wakes the schedulers, not only those due now: one idling until a
-        # later time must learn of a message due sooner.
-        if uow.messages.schedule_all(plan()):
+        planned = plan()
+        # A scheduler looks at the table at least once a second however idle it is, so only
+        # a message due sooner than that needs to wake it (a NOTIFY takes a lock at commit).
+        soon = uow.clock.now() + timedelta(seconds=RECHECK_SECONDS)
+        if uow.messages.schedule_all(planned) and any(p.due_at <= soon for p in planned):
             uow.wake_scheduler()
         uow.commit()
 

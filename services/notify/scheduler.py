@@ -55,6 +55,9 @@ log = get_logger("notify.scheduler")
 MAX_ATTEMPTS = 8
 EMAIL_BATCH = 50
 IDLE_WAIT = 30.0
+# However idle, a scheduler reads the table again this often: the bound on how late a message
+# stored without a wake-up (due later than this) can be noticed.
+RECHECK_SECONDS = 1.0
 KEEP_HISTORY = timedelta(days=90)
 KEEP_RECEIPTS = timedelta(days=30)
 
@@ -84,7 +87,8 @@ class DueSignal:
                                                    connect_timeout=5)
                 self._connection.execute(f'LISTEN "{DUE_CHANNEL}"')
                 return              # look once more: a commit may have come before LISTEN
-            ready, _, _ = select.select([self._connection.fileno()], [], [], min(timeout, 1.0))
+            ready, _, _ = select.select([self._connection.fileno()], [], [],
+                                        min(timeout, RECHECK_SECONDS))
             if ready:
                 for _ in self._connection.notifies(timeout=0):
                     pass
