@@ -347,7 +347,8 @@ _INSERT_IF_FREE = appointments.insert().from_select(
     list(_NEW_APPOINTMENT),
     sa.select(*_NEW_APPOINTMENT.values()).where(~sa.exists().where(
         appointments.c.clinician_id == _NEW_APPOINTMENT["clinician_id"],
-        appointments.c.status.in_(ACTIVE_STATUSES),
+        # Not `in_()`: its expanding list is rendered into the SQL again on every execution.
+        sa.or_(*(appointments.c.status == status for status in ACTIVE_STATUSES)),
         appointments.c.starts_at < _NEW_APPOINTMENT["ends_at"],
         appointments.c.ends_at > _NEW_APPOINTMENT["starts_at"],
     )),

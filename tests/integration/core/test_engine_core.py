@@ -1,0 +1,67 @@
+"""The shared PostgreSQL engine and outbox: a connection the server dropped is never handed to
+a request, and an outbox row wakes the relay on commit only."""
+from __future__ import annotations
+
+import time
+
+import psycopg
+import sqlalchemy as sa
+
+from shared.clock import SystemClock
+from shared.db import UnitOfWork, add_shared_tables, make_engine, outbox_channel
+from shared.events import new_event
+
+CLOCK = SystemClock()
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _backend(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_at_checkout(postgres_url):
+    engine = make_engine(postgres_url)
+    try:
+        before = _backend(engine)
+        with psycopg.connect(_libpq(postgres_url), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (before,))
+        time.sleep(0.2)  # the goodbye reaches the pooled connection's socket
+
+        after = _backend(engine)  # no error: the dropped connection was not handed out
+
+        assert after != before
+    finally:
+        engine.dispose()
+
+
+def test_an_outbox_row_wakes_the_relay_when_committed_and_not_when_rolled_back(postgres_url):
+    metadata = sa.MetaData()
+    tables = add_shared_tables(metadata)
+    engine = make_engine(postgres_url)
+    metadata.create_all(engine)
+    channel = outbox_channel("test")
+    listener = psycopg.connect(_libpq(postgres_url), autocommit=True)
+    try:
+        listener.execute(f'LISTEN "{channel}"')
+
+        with UnitOfWork(engine, tables, CLOCK, channel) as uow:
+            uow.outbox.add(new_event("/test", "test.thing.happened", "a1", {}, CLOCK))
+        assert list(listener.notifies(timeout=0.5)) == []
+
+        with UnitOfWork(engine, tables, CLOCK, channel) as uow:
+            uow.outbox.add(new_event("/test", "test.thing.happened", "a1", {"n": 1}, CLOCK))
+            uow.outbox.add(new_event("/test", "test.thing.happened", "a1", {"n": 2}, CLOCK))
+            uow.commit()
+        woken = list(listener.notifies(timeout=0.5))
+
+        assert [n.channel for n in woken] == [channel]  # one wake-up per transaction
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(
+                tables.outbox)).scalar() == 2
+    finally:
+        listener.close()
+        engine.dispose()
