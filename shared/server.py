@@ -31,11 +31,20 @@ class _Gunicorn(BaseApplication):
 def serve(factory: Callable, host: str, port: int, workers: int | None = None,
           threads: int | None = None) -> None:
     cores = os.cpu_count() or 1
+    threads = threads or 8
     _Gunicorn(factory, {
         "bind": f"{host}:{port}",
         "workers": workers or int(os.environ.get("WEB_CONCURRENCY", cores * 2)),
         "worker_class": "gthread",
-        "threads": threads or 8,
+        "threads": threads,
+        # A worker answers `threads` requests at a time; a connection it holds beyond that
+        # only queues behind them while another worker may sit idle. Left at gunicorn's
+        # 1000, the first worker awake accepts a whole burst of new connections and keeps
+        # them (keep-alive): one process, one GIL, one core doing every request. Capped at
+        # twice its threads, a worker stops accepting when full, so the burst spreads over
+        # the workers; and with more than `threads` idle kept-alive connections it closes
+        # after answering, so clients reconnect to whichever worker has room.
+        "worker_connections": threads * 2,
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
