@@ -150,16 +150,28 @@ class MessageRepository:
                                           self._row(planned, fallback_of, self._clock.now()))
 
     def schedule_all(self, planned: list[PlannedMessage]) -> int:
-        """Store what an event plans, skipping any message stored already (dedupe key), in
-        one statement rather than a round trip per message; how many were new."""
+        """Store what an event plans in one statement; how many were new or revived.
+
+        A message stored already (same dedupe key) is skipped, unless that row was cancelled:
+        then it is planned again. A reschedule cancels the old reminders and plans new ones,
+        and a move back to the old time, a change of clinician only or a reminder moved out of
+        quiet hours to the same minute gives a new reminder the key of a cancelled one.
+        """
         if not planned:
             return 0
         now = self._clock.now()
-        insert = _dialect_insert(self._c)
+        insert = _dialect_insert(self._c)(messages)
+        revive = {name: getattr(insert.excluded, name) for name in (
+            "kind", "channel", "to_address", "appointment_id", "patient_id", "context",
+            "due_at", "status", "attempts", "updated_at")}
+        revive.update(claim_token=None, lease_until=None, sending_at=None, error=None,
+                      error_code=None, provider_status=None)
         # executemany with RETURNING: SQLAlchemy sends the rows as one multi-row INSERT (its
         # "insertmanyvalues") from a statement it compiles once, not once per event.
         return len(self._c.execute(
-            insert(messages).on_conflict_do_nothing().returning(messages.c.id),
+            insert.on_conflict_do_update(index_elements=[messages.c.dedupe_key], set_=revive,
+                                         where=messages.c.status == CANCELLED)
+            .returning(messages.c.id),
             [self._row(p, None, now) for p in planned]).all())
 
     @staticmethod
@@ -219,19 +231,17 @@ class MessageRepository:
         self._c.execute(messages.update().where(messages.c.id == message_id).values(
             updated_at=self._clock.now(), **values))
 
-    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta,
-                   at: datetime | None = None) -> bool:
-        """Record, before the provider call, that this claim sends at `at` (now by default).
+    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta) -> bool:
+        """Record, just before the provider call, that this claim is sending now.
 
         `sending_at` bounds the provider search after a crash. False when the claim is no longer
         ours (lease taken over) or the message was cancelled meanwhile: then nothing is sent.
         """
         now = self._clock.now()
-        at = at or now
         return self._c.execute(messages.update().where(
             messages.c.id == message_id, messages.c.claim_token == token,
             messages.c.status == SENDING,
-        ).values(sending_at=at, lease_until=at + lease, updated_at=now,
+        ).values(sending_at=now, lease_until=now + lease, updated_at=now,
                  attempts=messages.c.attempts + 1)).rowcount == 1
 
     def hand_over(self, message_id: uuid.UUID, token: uuid.UUID) -> bool:

@@ -60,6 +60,7 @@ IDLE_WAIT = 30.0
 RECHECK_SECONDS = 1.0
 KEEP_HISTORY = timedelta(days=90)
 KEEP_RECEIPTS = timedelta(days=30)
+MAYBE_SENT_HOLD = 30.0
 
 
 class DueSignal:
@@ -102,6 +103,10 @@ class DueSignal:
                 self._connection.close()
             finally:
                 self._connection = None
+
+
+class ClaimLost(Exception):
+    """The message was taken over by another worker while this one was sending it."""
 
 
 @dataclass
@@ -172,15 +177,19 @@ class Scheduler:
         a worker to five texts a second. Each message keeps its own claim, slot and record,
         so running them side by side changes nothing of the send-once protocol."""
         def one(message: ClaimedMessage) -> None:
-            if stop.is_set():
-                self._release(message)
-            else:
-                self.deliver(message)
+            try:
+                if stop.is_set():
+                    self._release(message)
+                else:
+                    self.deliver(message)
+            except Exception as error:  # the database away mid-send: its lease brings it back
+                log.warning("message.unfinished", message_id=str(message.id),
+                            error=type(error).__name__)
         if self._senders is None or len(claimed) < 2:
             for message in claimed:
                 one(message)
             return
-        for _ in self._senders.map(one, claimed):   # re-raises the first failure
+        for _ in self._senders.map(one, claimed):
             pass
 
     def _idle_seconds(self) -> float:
@@ -212,20 +221,23 @@ class Scheduler:
         if message.attempts >= MAX_ATTEMPTS:
             self._failed(message, None, f"gave up after {message.attempts} attempts")
             return
+        try:
+            rendered = self._render(message)
+        except Exception as error:          # a template or context that cannot work: no retry
+            self._failed(message, None, f"cannot render: {type(error).__name__}")
+            return
+        if message.channel == "sms":
+            self._wait_for_send_slot()
+        # After any wait for the cap, so a cancellation or STOP during the wait still finds
+        # the message not begun (`sending_at` unset) and stops it.
         with self.context.uow() as uow:
-            # An SMS takes the next slot under the shared cap in the same transaction that
-            # records when it will be sent: one round trip, and a claim that turns out not to
-            # be ours any more (cancelled, taken over) gives its slot back by rolling back.
-            at = (reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
-                  if message.channel == "sms" else None)
-            if not uow.messages.begin_send(message.id, self.token, self.lease, at):
+            if not uow.messages.begin_send(message.id, self.token, self.lease):
                 return
             uow.commit()
-        wait = (at - self.context.clock.now()).total_seconds() if at else 0.0
-        if wait > 0:
-            time.sleep(wait)
         try:
-            result = self._send(message)
+            result = self._send(message, rendered)
+        except ClaimLost:
+            return                          # another worker holds it now; nothing went out
         except PermanentSendError as error:
             self._failed(message, error.code, error.message)
         except TransientSendError as error:
@@ -233,19 +245,37 @@ class Scheduler:
         else:
             self._sent(message, result.provider_id, result.status)
 
-    def _send(self, message: ClaimedMessage):
+    def _render(self, message: ClaimedMessage):
         texts = self.context.texts
         if message.channel == "sms":
-            return self.context.sms.send_sms(message.to, texts.sms(message.kind, message.context),
-                                             self.status_callback, str(message.id))
-        subject, text, html = texts.email(message.kind, message.context)
+            return texts.sms(message.kind, message.context)
+        return texts.email(message.kind, message.context)
+
+    def _wait_for_send_slot(self) -> None:
+        with self.context.uow() as uow:
+            slot = reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
+            uow.commit()
+        wait = (slot - self.context.clock.now()).total_seconds()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _send(self, message: ClaimedMessage, rendered=None):
+        rendered = rendered or self._render(message)
+        if message.channel == "sms":
+            return self.context.sms.send_sms(message.to, rendered, self.status_callback,
+                                             str(message.id))
+        subject, text, html = rendered
         return self.context.email.send_email(message.to, subject, text, html,
                                              message_id=str(message.id),
                                              before_final_dot=lambda: self._hand_over(message))
 
     def _hand_over(self, message: ClaimedMessage) -> None:
+        """The email's point of no return. If the claim is no longer ours (a slow SMTP
+        conversation outlived the lease and another worker took the message over), raise so
+        the end-of-data line is never sent and the server discards this copy."""
         with self.context.uow() as uow:
-            uow.messages.hand_over(message.id, self.token)
+            if not uow.messages.hand_over(message.id, self.token):
+                raise ClaimLost(str(message.id))
             uow.commit()
 
     def _recover(self, message: ClaimedMessage) -> None:
@@ -254,13 +284,19 @@ class Scheduler:
             self._release(message)
             return
         if message.channel == "sms":
-            body = self.context.texts.sms(message.kind, message.context)
             try:
+                body = self.context.texts.sms(message.kind, message.context)
                 sid = self.context.sms.find_sent(message.to, message.sending_at, body)
-            except (TransientSendError, PermanentSendError) as error:
+            except TransientSendError as error:
                 self._hold(message, backoff_delay(min(message.attempts, 8), base=2.0, cap=300))
                 log.warning("message.unresolved", message_id=str(message.id),
                             error=type(error).__name__)
+                return
+            except Exception as error:
+                # Twilio refuses to say (credentials?) or the text cannot be rebuilt: whether
+                # it went is unknowable, and sending again could duplicate. Failed, for staff.
+                self._failed(message, None, f"could not check whether it went: "
+                                            f"{type(error).__name__}")
                 return
             if sid:
                 self._sent(message, sid, "sent")
@@ -304,7 +340,10 @@ class Scheduler:
         delay = error.retry_after or backoff_delay(message.attempts, base=2.0, cap=300)
         delay = max(delay, 1.0)
         if error.maybe_sent:
-            self._hold(message, delay)         # recovery asks the provider first
+            # Recovery asks the provider's list first; give a message the provider is still
+            # processing time to appear there, or it would look unsent and go twice.
+            delay = max(delay, MAYBE_SENT_HOLD)
+            self._hold(message, delay)
         else:
             with self.context.uow() as uow:
                 uow.messages.settle(message.id, self.token, status=PENDING,

@@ -406,7 +406,8 @@ def test_an_incomplete_form_gets_one_nudge(notifier):
 
 def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(notifier):
     """Eight sends in flight against a Twilio answering in 50 ms, under a cap of 20 a second:
-    every SMS once, and their send slots 1/20 s apart."""
+    every SMS once, and 30 of them take at least the 29 intervals of 1/20 s the cap allows
+    (a lower bound: a slow machine only makes it longer)."""
     import dataclasses
     notifier.twilio.delay = 0.05
     for n in range(30):
@@ -418,19 +419,19 @@ def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(noti
     scheduler.__post_init__()
     stop = threading.Event()
     worker = threading.Thread(target=scheduler.run, args=(stop,))
+    started = time.monotonic()
     worker.start()
     try:
-        deadline = time.monotonic() + 30
+        deadline = started + 30
         while len(notifier.twilio.messages) < 30 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
+        took = time.monotonic() - started
     finally:
         stop.set()
         worker.join(30)
     phones = [m["to"] for m in notifier.twilio.messages]
     assert len(phones) == 30 and len(set(phones)) == 30
-    slots = sorted(r.sending_at for r in notifier.rows(kind="confirmation"))
-    gaps = {round((b - a).total_seconds(), 3) for a, b in zip(slots, slots[1:], strict=False)}
-    assert gaps == {0.05}
+    assert took >= 29 * 0.05
 
 
 def test_history_is_pruned_and_what_is_still_to_send_is_kept(notifier):
@@ -440,3 +441,84 @@ def test_history_is_pruned_and_what_is_still_to_send_is_kept(notifier):
     notifier.scheduler().dispatch_due()                   # a fresh worker prunes at once
     assert {r.kind for r in notifier.rows()} == {"reminder"}
     assert {r.status for r in notifier.rows()} == {"pending"}
+
+
+def test_a_change_of_clinician_only_keeps_the_reminders(notifier):
+    """The new reminders have the keys of the cancelled ones: they are planned again."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.clock.advance(timedelta(minutes=10))
+    change = appointment_event("rescheduled", appointment_id, STARTS, notifier.clock.now(),
+                               previous_starts_at=None, contact=contact(email_ok=False))
+    change.data["clinician_name"] = "Dr Other"
+    notifier.handle(change)
+    pending = [r for r in notifier.rows(kind="reminder") if r.status == "pending"]
+    assert len(pending) == 2
+    assert all(context_of(r)["clinician_name"] == "Dr Other" for r in pending)
+
+
+def test_moved_and_moved_back_keeps_the_reminders(notifier):
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    for starts, previous in ((STARTS + timedelta(days=1), STARTS),
+                             (STARTS, STARTS + timedelta(days=1))):
+        notifier.clock.advance(timedelta(minutes=10))
+        notifier.handle(appointment_event("rescheduled", appointment_id, starts,
+                                          notifier.clock.now(),
+                                          previous_starts_at=previous.isoformat(),
+                                          contact=contact(email_ok=False)))
+    pending = {r.due_at for r in notifier.rows(kind="reminder") if r.status == "pending"}
+    assert pending == {STARTS - timedelta(hours=48), STARTS - timedelta(hours=2)}
+
+
+def test_a_cancellation_while_an_sms_waits_for_its_slot_stops_it(notifier):
+    from services.notify.db import claim_due, rate_limits
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-28T10:00:00+00:00")
+    scheduler = notifier.scheduler()
+    with notifier.context.uow() as uow:
+        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, scheduler.token)
+        uow.connection.execute(rate_limits.delete())     # other workers' SMS queued first
+        uow.connection.execute(rate_limits.insert().values(
+            name="sms", next_slot_at=uow.clock.now() + timedelta(seconds=1)))
+        uow.commit()
+    sending = threading.Thread(target=scheduler.deliver, args=(reminder,))
+    sending.start()
+    time.sleep(0.3)
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
+    sending.join(10)
+    assert not any("reminder" in m["body"] for m in notifier.sms_to())
+    assert notifier.rows(id=reminder.id)[0].status == "cancelled"
+
+
+class LeaseOutlivingEmail:
+    """The SMTP conversation is so slow that the lease runs out before its end-of-data line."""
+
+    def __init__(self, inner, meanwhile):
+        self.inner, self.meanwhile = inner, meanwhile
+
+    def send_email(self, *args, before_final_dot=None, **kwargs):
+        def slow_then_hand_over():
+            self.meanwhile()
+            before_final_dot()
+        return self.inner.send_email(*args, before_final_dot=slow_then_hand_over, **kwargs)
+
+
+def test_an_email_whose_lease_ran_out_mid_send_is_not_finished_by_the_slow_worker(notifier):
+    import dataclasses
+
+    from services.notify.db import claim_due
+    book(notifier, contact=contact(sms=False))
+    slow, other = notifier.scheduler(), notifier.scheduler()
+    with notifier.context.uow() as uow:
+        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, slow.token,
+                              channel="email")
+        uow.commit()
+
+    def lease_runs_out_and_another_worker_recovers_it():
+        notifier.clock.advance(LEASE + timedelta(seconds=1))
+        other.dispatch_due()
+    slow.context = dataclasses.replace(notifier.context, email=LeaseOutlivingEmail(
+        notifier.context.email, lease_runs_out_and_another_worker_recovers_it))
+    slow.deliver(message)
+    assert len(notifier.smtp.messages_to(EMAIL)) == 1
+    assert notifier.rows(id=message.id)[0].status == "sent"
