@@ -13,7 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from services.notify.model.delivery import ABOUT_A_COMING_APPOINTMENT, FINISHED_APPOINTMENT
+from services.notify.model.delivery import (
+    ABOUT_A_COMING_APPOINTMENT,
+    CALLED_OFF,
+    FINISHED_APPOINTMENT,
+    SMS_FALLBACK,
+)
 from services.notify.model.policy import PlannedMessage
 from shared.clock import Clock
 from shared.db import (
@@ -282,22 +287,32 @@ def _not_yet_sent():
                   sa.and_(messages.c.status == SENDING, messages.c.sending_at.is_(None)))
 
 
-def cancel_unwanted(connection: Connection, now: datetime) -> int:
-    """Due messages that must not go, cancelled with the reason before anything is claimed:
-    SMS to a number that replied STOP, and messages about an appointment that is over
-    (`model.delivery.ABOUT_A_COMING_APPOINTMENT`). Two set-wise statements a round rather
-    than a query per message, and before the claim, so a skipped message never reaches a
-    sender."""
-    due = sa.and_(messages.c.status == PENDING, messages.c.due_at <= now)
+def _opted_out_sms():
     opted_out = sa.select(opt_outs.c.phone).where(opt_outs.c.opted_out.is_(True))
-    finished = sa.select(appointment_states.c.appointment_id).where(
-        appointment_states.c.status.in_(sorted(FINISHED_APPOINTMENT)))
-    cancelled = connection.execute(messages.update().where(
-        due, messages.c.channel == "sms", messages.c.to_address.in_(opted_out),
-    ).values(status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
+    return sa.and_(messages.c.channel == "sms", messages.c.to_address.in_(opted_out))
+
+
+def _about_an_appointment_that_is_over():
+    def appointments(statuses):
+        return sa.select(appointment_states.c.appointment_id).where(
+            appointment_states.c.status.in_(sorted(statuses)))
+    return sa.or_(
+        sa.and_(messages.c.kind.in_(sorted(ABOUT_A_COMING_APPOINTMENT)),
+                messages.c.appointment_id.in_(appointments(FINISHED_APPOINTMENT))),
+        sa.and_(messages.c.kind == SMS_FALLBACK,
+                messages.c.appointment_id.in_(appointments(CALLED_OFF))))
+
+
+def cancel_unwanted(connection: Connection, now: datetime) -> int:
+    """Due messages that must not go, cancelled with the reason: SMS to a number that replied
+    STOP, and messages about an appointment that is over (`model.delivery`). Two set-wise
+    statements a round rather than a query per message; `claim_due` skips the same rows, so
+    one that falls due between the two is not sent either."""
+    due = sa.and_(messages.c.status == PENDING, messages.c.due_at <= now)
+    cancelled = connection.execute(messages.update().where(due, _opted_out_sms()).values(
+        status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
     return cancelled + connection.execute(messages.update().where(
-        due, messages.c.kind.in_(sorted(ABOUT_A_COMING_APPOINTMENT)),
-        messages.c.appointment_id.in_(finished),
+        due, _about_an_appointment_that_is_over(),
     ).values(status=CANCELLED, error="appointment no longer coming", updated_at=now)).rowcount
 
 
@@ -308,10 +323,12 @@ def claim_due(connection: Connection, now: datetime, limit: int, lease: timedelt
     `FOR UPDATE SKIP LOCKED` lets any number of workers claim side by side without waiting on
     or double-claiming each other's rows (SQLite has one writer, so needs no such clause).
     `token` marks the claim as this worker's: a worker whose lease ran out and was taken over
-    can no longer record anything for the message.
+    can no longer record anything for the message. Messages `cancel_unwanted` would cancel
+    are left for it.
     """
     pick = (sa.select(messages.c.id)
-            .where(messages.c.status == PENDING, messages.c.due_at <= now)
+            .where(messages.c.status == PENDING, messages.c.due_at <= now,
+                   sa.not_(_opted_out_sms()), sa.not_(_about_an_appointment_that_is_over()))
             .order_by(messages.c.due_at).limit(limit))
     if channel:
         pick = pick.where(messages.c.channel == channel)

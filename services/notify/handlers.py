@@ -6,7 +6,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from services.notify.model import policy
-from services.notify.model.delivery import ABOUT_A_COMING_APPOINTMENT
+from services.notify.model.delivery import (
+    ABOUT_A_COMING_APPOINTMENT,
+    CALLED_OFF,
+    SMS_FALLBACK,
+)
 from services.notify.scheduler import RECHECK_SECONDS
 from shared.events import Event
 
@@ -55,13 +59,16 @@ def on_rescheduled(event: Event, context) -> None:
 def on_cancelled(event: Event, context) -> None:
     _schedule(context, event, "notify.cancelled",
               lambda: policy.plan_cancelled(event.data, context.clock.now()),
-              cancel=APPOINTMENT_MESSAGES, reason=NO_LONGER_COMING)
+              cancel=(*APPOINTMENT_MESSAGES, SMS_FALLBACK), reason=NO_LONGER_COMING)
 
 
 def on_finished(event: Event, context) -> None:
-    """Attended or no-show: nothing further is sent for that appointment."""
-    _schedule(context, event, f"notify.{event.type.rsplit('.', 1)[1]}", lambda: [],
-              cancel=APPOINTMENT_MESSAGES, reason=NO_LONGER_COMING)
+    """Attended or no-show: nothing further is sent about it coming. A fallback email is
+    dropped after a no-show only: after an attended appointment it may carry a check-in."""
+    status = event.type.rsplit(".", 1)[1]
+    cancel = (*APPOINTMENT_MESSAGES, SMS_FALLBACK) if status in CALLED_OFF else APPOINTMENT_MESSAGES
+    _schedule(context, event, f"notify.{status}", lambda: [], cancel=cancel,
+              reason=NO_LONGER_COMING)
 
 
 def on_followup(event: Event, context) -> None:

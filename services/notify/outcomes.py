@@ -8,6 +8,7 @@ import uuid
 
 from services.notify.db import DELIVERED, FAILED, SENT
 from services.notify.model import advance_status
+from services.notify.model.delivery import SMS_FALLBACK
 from services.notify.model.policy import PlannedMessage
 from shared.events import new_event
 
@@ -25,7 +26,7 @@ def schedule_email_fallback(uow, message_id: uuid.UUID, texts) -> bool:
     """An SMS that will not arrive goes by email, if the patient agreed to email and is not
     getting this message by email already. Reception sees it in the log (`fallback_of`)."""
     row = uow.messages.get(message_id)
-    if row is None or row.channel != "sms" or row.kind == "sms_fallback":
+    if row is None or row.channel != "sms" or row.kind == SMS_FALLBACK:
         return False
     sibling = row.dedupe_key.replace(":sms:", ":email:")
     if uow.messages.exists(sibling):
@@ -35,7 +36,7 @@ def schedule_email_fallback(uow, message_id: uuid.UUID, texts) -> bool:
         return False
     body = texts.sms(row.kind, json.loads(row.context))
     return uow.messages.schedule(PlannedMessage(
-        kind="sms_fallback", channel="email", to=contact.email, due_at=uow.clock.now(),
+        kind=SMS_FALLBACK, channel="email", to=contact.email, due_at=uow.clock.now(),
         appointment_id=row.appointment_id, patient_id=row.patient_id,
         context={"sms_text": body}, dedupe_key=f"{row.id}:sms_fallback"), fallback_of=row.id)
 

@@ -101,6 +101,10 @@ def missed_call_text_allowed(now: datetime, last_sent_to_patient: datetime | Non
 ABOUT_A_COMING_APPOINTMENT = frozenset(
     {"confirmation", "reminder", "rescheduled", "form_link", "form_nudge"})
 FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
+# An email standing in for an SMS that failed: about a coming appointment or a check-in, so
+# dropped only when the appointment did not take place (a check-in follows an attended one).
+SMS_FALLBACK = "sms_fallback"
+CALLED_OFF = frozenset({"cancelled", "no_show"})
 
 
 def send_slot_interval(per_second: float) -> timedelta:

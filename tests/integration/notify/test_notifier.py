@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -522,3 +523,31 @@ def test_an_email_whose_lease_ran_out_mid_send_is_not_finished_by_the_slow_worke
     slow.deliver(message)
     assert len(notifier.smtp.messages_to(EMAIL)) == 1
     assert notifier.rows(id=message.id)[0].status == "sent"
+
+
+def test_a_claim_never_takes_an_sms_to_a_number_that_opted_out(notifier):
+    """STOP can land between a round's sweep and its claim: the claim skips those rows."""
+    from services.notify.db import claim_due
+    book(notifier, contact=contact(email_ok=False))
+    with notifier.context.uow() as uow:
+        uow.opt_outs.set(PHONE, True)
+        assert claim_due(uow.connection, uow.clock.now(), 10, LEASE, uuid.uuid4()) == []
+        uow.commit()
+    notifier.dispatch()
+    assert notifier.sms_to() == []
+    assert notifier.rows(kind="confirmation")[0].error == "opted out of SMS"
+
+
+def test_the_email_standing_in_for_a_failed_reminder_is_dropped_with_the_appointment(notifier):
+    from services.notify.db import messages
+    appointment_id, _ = book(notifier, contact=contact(phone="+447400999999"))
+    notifier.dispatch()
+    # The SMTP server is away: the fallback for the failed SMS waits, pending.
+    with notifier.engine.begin() as connection:
+        connection.execute(messages.insert().values(
+            id=uuid.uuid4(), dedupe_key="x:sms_fallback", kind="sms_fallback", channel="email",
+            to_address=EMAIL, appointment_id=appointment_id, patient_id="p-1",
+            context='{"sms_text": "reminder"}', due_at=notifier.clock.now(), status="pending",
+            attempts=0, created_at=notifier.clock.now(), updated_at=notifier.clock.now()))
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
+    assert notifier.rows(kind="sms_fallback")[0].status == "cancelled"
