@@ -60,7 +60,7 @@ def bootstrap(config: Config, engine: sa.Engine | None = None, clock: Clock | No
 
 def _message_metrics(connection, context: NotifyContext):
     gauges = message_gauges(connection, context.clock.now())
-    by_status = GaugeMetricFamily("clinic_messages", "Patient messages by status",
+    by_status = GaugeMetricFamily("clinic_messages", "Patient messages waiting or in flight",
                                   labels=["status"])
     for name, value in gauges.items():
         if name.startswith("status:"):

@@ -507,14 +507,16 @@ class NotifyUnitOfWork(UnitOfWork):
 
 
 def message_gauges(connection: Connection, now: datetime) -> dict[str, float]:
-    """What an operator alerts on, read at scrape time so every process reports the same:
-    messages by status, and how late the oldest overdue one is (0 when none is)."""
-    counts = dict(connection.execute(
-        sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)).all())
+    """What an operator alerts on, read at scrape time so every process reports the same: the
+    messages waiting and in flight, and how late the oldest overdue one is (0 when none is).
+    Only pending and sending rows are counted, through their partial indexes: a count of the
+    whole table would scan a million rows on every scrape."""
+    counts = {status: connection.execute(sa.select(sa.func.count()).select_from(messages)
+                                         .where(messages.c.status == status)).scalar()
+              for status in (PENDING, SENDING)}
     oldest_due = connection.execute(sa.select(sa.func.min(messages.c.due_at)).where(
         messages.c.status == PENDING, messages.c.due_at <= now)).scalar()
     return {
-        **{f"status:{status}": float(counts.get(status, 0))
-           for status in (PENDING, SENDING, SENT, DELIVERED, FAILED, CANCELLED)},
+        **{f"status:{status}": float(count) for status, count in counts.items()},
         "overdue_seconds": (now - oldest_due).total_seconds() if oldest_due else 0.0,
     }

@@ -7,7 +7,7 @@ import json
 import uuid
 
 from services.notify.db import DELIVERED, FAILED, SENT
-from services.notify.model import advance_status
+from services.notify.model import STATUS_RANK, advance_status
 from services.notify.model.delivery import SMS_FALLBACK
 from services.notify.model.policy import PlannedMessage
 from shared.events import new_event
@@ -48,7 +48,9 @@ def apply_delivery_report(uow, texts, row, reported: str, error_code: str | None
     Reports come late, twice and out of order: `advance_status` keeps `delivered` when a late
     `sent` arrives.
     """
-    before = row.provider_status or "sent"
+    # What we recorded at send time may be no Twilio status at all ("unknown" from a reply
+    # without one): take it as "sent" rather than refuse every report that follows.
+    before = row.provider_status if row.provider_status in STATUS_RANK else "sent"
     after = advance_status(before, reported)
     if after == before:
         return after

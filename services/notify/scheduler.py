@@ -319,9 +319,13 @@ class Scheduler:
                                    provider_status=status, error=None, error_code=None):
                 uow.outbox.add(self._event("notify.message.sent", message, uow.clock,
                                            provider_id=provider_id, status=SENT))
-                if provider_id:
-                    apply_early_reports(uow, self.context.texts, message.id, provider_id)
             uow.commit()
+        if provider_id:
+            # After the sid is committed, so a report stored by a webhook that could not see
+            # it yet is found here, or that webhook finds the sid: one of the two applies it.
+            with self.context.uow() as uow:
+                apply_early_reports(uow, self.context.texts, message.id, provider_id)
+                uow.commit()
         log.info("message.sent", message_id=str(message.id), kind=message.kind,
                  channel=message.channel, provider_id=provider_id)
 

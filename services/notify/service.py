@@ -3,7 +3,7 @@ and the message log. Views parse and answer; the rules are here and in model/.""
 from __future__ import annotations
 
 from services.notify.model import parse_reply
-from services.notify.outcomes import SOURCE, apply_delivery_report
+from services.notify.outcomes import SOURCE, apply_delivery_report, apply_early_reports
 from shared.events import new_event
 
 
@@ -40,10 +40,18 @@ def record_delivery_report(uow, texts, message_sid: str, reported: str,
         if row is None:
             uow.early_reports.keep(message_sid, reported.lower(), error_code)
             uow.commit()
-            return None
-        after = apply_delivery_report(uow, texts, row, reported, error_code)
+        else:
+            after = apply_delivery_report(uow, texts, row, reported, error_code)
+            uow.commit()
+            return after
+    # Kept and committed first, then looked for again: if the sender committed the sid
+    # meanwhile, whichever of us takes the kept report applies it (apply_early_reports).
+    with uow:
+        row = uow.messages.by_provider_id(message_sid)
+        if row is not None:
+            apply_early_reports(uow, texts, row.id, message_sid)
         uow.commit()
-    return after
+    return None
 
 
 def message_log(uow, appointment_id: str) -> list:

@@ -26,8 +26,14 @@ def message_id_header(message_id: str | None, sender: str) -> str:
     return f"<{value}>"
 
 
+_ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>]+>?")
+
+
 def _refusal(code: int, reply: bytes | str, stage: str) -> PermanentSendError | TransientSendError:
     text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    # Servers quote the recipient ("550 5.1.1 <patient@...>"); the reason goes to the message
+    # log that staff read and to logs, which carry no addresses.
+    text = _ADDRESS.sub("<recipient>", text)
     message = f"SMTP {stage} refused: {code} {text}".strip()
     if 400 <= code < 500:
         # A 4xx reply is the server asking us to come back later (greylisting, a full queue);

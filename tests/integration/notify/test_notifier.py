@@ -337,13 +337,13 @@ def test_a_patient_who_rings_again_and_again_gets_one_sorry_text_an_hour(notifie
     assert notifier.smtp.messages == []          # a phone matter: by text only
 
 
-def test_metrics_show_messages_by_status_and_how_late_the_oldest_due_one_is(notifier):
+def test_metrics_show_messages_waiting_and_how_late_the_oldest_due_one_is(notifier):
     book(notifier)
     notifier.dispatch()
     client = notifier.app().test_client()
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'clinic_messages{status="sent"} 2.0' in text
     assert 'clinic_messages{status="pending"} 4.0' in text
+    assert 'clinic_messages{status="sending"} 0.0' in text
     assert "clinic_messages_overdue_seconds 0.0" in text
     notifier.clock.set("2026-11-28T10:01:30+00:00")     # the 48h reminders, 90 s overdue
     text = client.get("/metrics").get_data(as_text=True)
@@ -551,3 +551,12 @@ def test_the_email_standing_in_for_a_failed_reminder_is_dropped_with_the_appoint
             attempts=0, created_at=notifier.clock.now(), updated_at=notifier.clock.now()))
     notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
     assert notifier.rows(kind="sms_fallback")[0].status == "cancelled"
+
+
+def test_a_refused_email_is_failed_without_the_address_in_the_log(notifier):
+    notifier.smtp.reject(EMAIL)
+    book(notifier, contact=contact(sms=False))
+    notifier.dispatch()
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "failed" and row.error.startswith("SMTP recipient refused: 550")
+    assert EMAIL not in row.error and "<recipient>" in row.error

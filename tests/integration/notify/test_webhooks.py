@@ -234,3 +234,13 @@ def test_a_report_that_overtakes_our_record_of_the_send_is_applied_when_we_recor
     assert row.status == "delivered" and row.provider_id == sid
     assert len(notifier.published("notify.message.delivered")) == 1
     assert len(notifier.sms_to()) == 1
+
+
+def test_a_report_on_a_message_sent_with_no_status_of_twilios_is_applied(notifier, client):
+    from services.notify.db import messages
+    _, row = sent_sms(notifier)
+    with notifier.engine.begin() as connection:
+        connection.execute(messages.update().where(messages.c.id == row.id)
+                           .values(provider_status="unknown"))
+    assert report(notifier, client, row.provider_id, "delivered").status_code == 204
+    assert notifier.rows(id=row.id)[0].status == "delivered"
