@@ -201,6 +201,24 @@ class MessageRepository:
             status=CANCELLED, claim_token=None, lease_until=None, error=reason,
             updated_at=self._clock.now())).rowcount
 
+    def move_pending(self, appointment_id: str, kind: str, due_at: datetime | None,
+                     starts_at: datetime) -> None:
+        """Move the unsent messages of a kind to a new time (cancelled when None) and the
+        appointment time their text names to `starts_at`."""
+        rows = self._c.execute(sa.select(messages.c.id, messages.c.context).where(
+            messages.c.appointment_id == appointment_id, messages.c.kind == kind,
+            _not_yet_sent())).all()
+        now = self._clock.now()
+        for row in rows:
+            if due_at is None:
+                values = dict(status=CANCELLED, error="appointment moved")
+            else:
+                context = {**json.loads(row.context), "starts_at": starts_at}
+                values = dict(status=PENDING, due_at=due_at, claim_token=None, lease_until=None,
+                              context=json.dumps(context, default=_json_default))
+            self._c.execute(messages.update().where(messages.c.id == row.id).values(
+                updated_at=now, **values))
+
     def hold_for_opt_out(self, phone: str) -> int:
         """STOP: SMS to this number claimed but not begun go back to pending, where the next
         round cancels them as opted out (their claimer's `begin_send` finds them gone)."""

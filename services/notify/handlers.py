@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from services.notify.model import policy
+from services.notify.model import as_utc, policy
 from services.notify.model.delivery import (
     ABOUT_A_COMING_APPOINTMENT,
     CALLED_OFF,
@@ -21,7 +21,8 @@ NO_LONGER_COMING = "appointment no longer coming"
 
 
 def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
-              cancel: tuple[str, ...] = (), reason: str | None = None) -> None:
+              cancel: tuple[str, ...] = (), reason: str | None = None,
+              then: Callable | None = None) -> None:
     """Store what `plan` returns, after cancelling the appointment's unsent `cancel` kinds."""
     uow = context.uow()
     with uow:
@@ -36,6 +37,8 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         if appointment_id and cancel:
             uow.messages.cancel_pending(appointment_id, cancel, reason)
+        if then is not None:
+            then(uow)
         planned = plan()
         # A scheduler looks at the table at least once a second however idle it is, so only
         # a message due sooner than that needs to wake it (a NOTIFY takes a lock at commit).
@@ -53,7 +56,15 @@ def on_booked(event: Event, context) -> None:
 def on_rescheduled(event: Event, context) -> None:
     _schedule(context, event, "notify.rescheduled", lambda: policy.plan_rescheduled(
         event.data, context.clock.now(), context.offsets, context.quiet, context.tz),
-        cancel=("confirmation", "reminder", "rescheduled"), reason="replaced by the new time")
+        cancel=("confirmation", "reminder", "rescheduled"), reason="replaced by the new time",
+        then=lambda uow: _move_form_nudges(uow, event.data, context))
+
+
+def _move_form_nudges(uow, data: dict, context) -> None:
+    """A form still incomplete is nudged 24 hours before the new time, naming it."""
+    starts_at = as_utc(data["starts_at"])
+    nudge_at = policy.form_nudge_at(starts_at, uow.clock.now(), context.quiet, context.tz)
+    uow.messages.move_pending(data["appointment_id"], "form_nudge", nudge_at, starts_at)
 
 
 def on_cancelled(event: Event, context) -> None:

@@ -182,12 +182,19 @@ def plan_form_sent(
     context = {"url": data["url"], "starts_at": starts_at}
     channels = channels_for(data["contact"])
     messages = _plan("form_link", data["form_id"], channels, now, data, context)
-    nudge_at = place_outside_quiet_hours(
-        starts_at - FORM_NUDGE_BEFORE, quiet, tz, not_after=starts_at
-    )
-    if now < nudge_at < starts_at:
+    nudge_at = form_nudge_at(starts_at, now, quiet, tz)
+    if nudge_at is not None:
         messages += _plan("form_nudge", data["form_id"], channels, nudge_at, data, context)
     return messages
+
+
+def form_nudge_at(starts_at: datetime, now: datetime, quiet: QuietHours | None,
+                  tz: ZoneInfo) -> datetime | None:
+    """When an incomplete form is nudged: 24 hours before the start, out of quiet hours; None
+    when that is already past (a form sent, or an appointment moved, on the day)."""
+    nudge_at = place_outside_quiet_hours(starts_at - FORM_NUDGE_BEFORE, quiet, tz,
+                                         not_after=starts_at)
+    return nudge_at if as_utc(now) < nudge_at < starts_at else None
 
 
 def plan_followup(

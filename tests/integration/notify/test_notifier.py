@@ -560,3 +560,23 @@ def test_a_refused_email_is_failed_without_the_address_in_the_log(notifier):
     [row] = notifier.rows(kind="confirmation")
     assert row.status == "failed" and row.error.startswith("SMTP recipient refused: 550")
     assert EMAIL not in row.error and "<recipient>" in row.error
+
+
+def test_a_form_nudge_moves_with_its_appointment_and_names_the_new_time(notifier):
+    appointment_id, form_id = new_id(), new_id()
+    notifier.handle(appointment_event("booked", appointment_id, STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=False)))
+    notifier.handle(form_event(notifier, "sent", appointment_id, form_id,
+                               url="https://forms.clinic.example/f/t",
+                               contact=contact(email_ok=False)))
+    later = STARTS + timedelta(days=2, hours=4)
+    notifier.clock.advance(timedelta(minutes=5))
+    notifier.handle(appointment_event("rescheduled", appointment_id, later, notifier.clock.now(),
+                                      previous_starts_at=STARTS.isoformat(),
+                                      contact=contact(email_ok=False)))
+    [nudge] = notifier.rows(kind="form_nudge")
+    assert nudge.status == "pending" and nudge.due_at == later - timedelta(hours=24)
+    notifier.clock.set(later - timedelta(hours=24))
+    notifier.dispatch()
+    notifier.dispatch()
+    assert "still needed before Wed 2 Dec at 14:00" in notifier.sms_to()[-1]["body"]
