@@ -40,6 +40,7 @@ from services.notify.db import (
 )
 from services.notify.model import backoff_delay
 from services.notify.model.delivery import send_slot_interval
+from services.notify.model.schedule import when_to_send
 from services.notify.outcomes import (
     apply_early_reports,
     message_event_data,
@@ -226,6 +227,8 @@ class Scheduler:
         except Exception as error:          # a template or context that cannot work: no retry
             self._failed(message, None, f"cannot render: {type(error).__name__}")
             return
+        if not self._still_timely(message):
+            return
         if message.channel == "sms":
             self._wait_for_send_slot()
         # After any wait for the cap, so a cancellation or STOP during the wait still finds
@@ -244,6 +247,23 @@ class Scheduler:
             self._retry_later(message, error)
         else:
             self._sent(message, result.provider_id, result.status)
+
+    def _still_timely(self, message: ClaimedMessage) -> bool:
+        """A scheduled message sent late must still keep quiet hours and still be of use
+        (`model.schedule.when_to_send`): otherwise it is moved on, or dropped."""
+        now = self.context.clock.now()
+        at = when_to_send(message.kind, message.context, message.due_at, now,
+                          self.context.quiet, self.context.tz)
+        if at == now:
+            return True
+        with self.context.uow() as uow:
+            if at is None:
+                uow.messages.settle(message.id, self.token, status=CANCELLED,
+                                    error="too late to be of use")
+            else:
+                uow.messages.settle(message.id, self.token, status=PENDING, due_at=at)
+            uow.commit()
+        return False
 
     def _render(self, message: ClaimedMessage):
         texts = self.context.texts

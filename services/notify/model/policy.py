@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from services.notify.model.delivery import missed_call_text_allowed
 from services.notify.model.schedule import (
+    CHECKIN_LATEST,
     QuietHours,
     as_utc,
     place_outside_quiet_hours,
@@ -20,7 +21,6 @@ from services.notify.model.schedule import (
 )
 
 FORM_NUDGE_BEFORE = timedelta(hours=24)
-CHECKIN_LATEST = timedelta(days=7)
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,33 @@ def reminder_times(
         for offset in offsets
     }
     return sorted(t for t in times if now < t < starts_at)
+
+
+# Kinds that wait for their time and so keep quiet hours; the rest answer something the patient
+# or the clinic has just done (a booking, a change, a call) and go at once.
+SCHEDULED_KINDS = frozenset({"reminder", "form_nudge", "checkin"})
+CHECKIN_LATEST = timedelta(days=7)
+
+
+def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
+                 quiet: QuietHours | None, tz: ZoneInfo) -> datetime | None:
+    """When a message found due at `now` should go: `now`, later, or None to drop it.
+
+    Planning kept scheduled messages out of quiet hours, but one sent late (after an outage, or
+    retried) may now fall inside them, or after the appointment it is about. It is moved out of
+    the window again, and a reminder or nudge that could only arrive after the start, or in the
+    night before it, is dropped: too late to be of use.
+    """
+    now = as_utc(now)
+    if kind not in SCHEDULED_KINDS:
+        return now
+    if kind == "checkin":
+        latest = as_utc(due_at) + CHECKIN_LATEST
+        if now >= latest:
+            return None
+        return place_outside_quiet_hours(now, quiet, tz, not_after=latest)
+    starts_at = as_utc(context["starts_at"])
+    if now >= starts_at:
+        return None
+    at = place_outside_quiet_hours(now, quiet, tz, not_after=starts_at)
+    return at if at >= now else None

@@ -580,3 +580,27 @@ def test_a_form_nudge_moves_with_its_appointment_and_names_the_new_time(notifier
     notifier.dispatch()
     notifier.dispatch()
     assert "still needed before Wed 2 Dec at 14:00" in notifier.sms_to()[-1]["body"]
+
+
+def test_a_reminder_found_due_in_the_night_after_an_outage_waits_for_the_morning(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-28T22:30:00+00:00")     # the workers were down since 10:00
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    [first, _] = notifier.rows(kind="reminder")
+    assert first.status == "pending"
+    assert first.due_at == datetime.fromisoformat("2026-11-29T08:00:00+00:00")
+    notifier.clock.set("2026-11-29T08:00:00+00:00")
+    notifier.dispatch()
+    assert "reminder" in notifier.sms_to()[-1]["body"]
+
+
+def test_a_reminder_found_due_after_its_appointment_began_is_dropped(notifier):
+    book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    notifier.clock.set("2026-11-30T10:05:00+00:00")
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    assert {(r.status, r.error) for r in notifier.rows(kind="reminder")} == {
+        ("cancelled", "too late to be of use")}

@@ -244,3 +244,20 @@ def test_the_evening_before_is_skipped_when_booked_after_it():
     assert reminder_times(
         utc("2026-11-30T07:30:00Z"), DEFAULT_OFFSETS, NIGHT, LONDON, clock.now()
     ) == []
+
+
+def test_a_message_answering_something_just_done_goes_at_once_even_at_night():
+    from services.notify.model.schedule import when_to_send
+    night = datetime.fromisoformat("2026-11-28T23:30:00+00:00")
+    assert when_to_send("confirmation", {}, night, night, parse_quiet_hours("21:00-08:00"),
+                        ZoneInfo("Europe/London")) == night
+
+
+def test_a_late_check_in_keeps_quiet_hours_and_is_dropped_after_a_week():
+    from services.notify.model.schedule import when_to_send
+    quiet, london = parse_quiet_hours("21:00-08:00"), ZoneInfo("Europe/London")
+    due = datetime.fromisoformat("2026-12-14T10:00:00+00:00")
+    night = datetime.fromisoformat("2026-12-15T02:00:00+00:00")
+    assert when_to_send("checkin", {}, due, night, quiet, london) == datetime.fromisoformat(
+        "2026-12-15T08:00:00+00:00")
+    assert when_to_send("checkin", {}, due, due + timedelta(days=7), quiet, london) is None
