@@ -53,16 +53,18 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """`hide_parameters`: a database error's text names the statement, not its values, which
+    can be a patient's phone or email; that text reaches logs and dead-letter headers."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=sa.QueuePool,
-            pool_size=pool_size, max_overflow=20,
+            pool_size=pool_size, max_overflow=20, hide_parameters=True,
         )
         _sqlite_serialised_writes(engine)
         return engine
     engine = sa.create_engine(
         url, pool_size=pool_size, max_overflow=pool_size * 2, pool_recycle=1800,
-        connect_args={"connect_timeout": 5},
+        connect_args={"connect_timeout": 5}, hide_parameters=True,
     )
     _dropped_connections_replaced(engine)
     return engine

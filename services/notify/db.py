@@ -243,13 +243,6 @@ class MessageRepository:
             statement = statement.with_for_update()
         return self._c.execute(statement).first()
 
-    def latest_to(self, phone: str, kind: str | None = None):
-        statement = sa.select(messages).where(messages.c.to_address == phone,
-                                              messages.c.status.in_((SENT, DELIVERED)))
-        if kind:
-            statement = statement.where(messages.c.kind == kind)
-        return self._c.execute(statement.order_by(messages.c.sent_at.desc()).limit(1)).first()
-
     def update(self, message_id: uuid.UUID, **values) -> None:
         self._c.execute(messages.update().where(messages.c.id == message_id).values(
             updated_at=self._clock.now(), **values))
@@ -445,11 +438,6 @@ class OptOutRepository:
         if not insert_ignoring_duplicates(self._c, opt_outs, {"phone": phone, **values}):
             self._c.execute(opt_outs.update().where(opt_outs.c.phone == phone).values(**values))
 
-    def is_opted_out(self, phone: str) -> bool:
-        return bool(self._c.execute(sa.select(opt_outs.c.opted_out).where(
-            opt_outs.c.phone == phone)).scalar())
-
-
 class AppointmentStates:
     def __init__(self, connection: Connection):
         self._c = connection
@@ -471,11 +459,6 @@ class AppointmentStates:
             where=table.c.event_time <= insert.excluded.event_time,
         ).returning(table.c.appointment_id)).first()
         return applied is not None
-
-    def status(self, appointment_id: str) -> str | None:
-        return self._c.execute(sa.select(appointment_states.c.status).where(
-            appointment_states.c.appointment_id == appointment_id)).scalar()
-
 
 class EarlyReports:
     def __init__(self, connection: Connection, clock: Clock):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 from shared.clock import SystemClock
@@ -64,4 +65,21 @@ def test_an_outbox_row_wakes_the_relay_when_committed_and_not_when_rolled_back(p
                 tables.outbox)).scalar() == 2
     finally:
         listener.close()
+        engine.dispose()
+
+
+def test_a_database_error_does_not_carry_the_values_it_was_given(postgres_url):
+    """Error texts reach logs and dead-letter headers: no patient's phone or email in them."""
+    import sqlalchemy as sa
+
+    from shared.db import make_engine
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE t (phone varchar(5))"))
+        with pytest.raises(sa.exc.DBAPIError) as raised, engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO t VALUES (:phone)"),
+                               {"phone": "+447400123456"})
+        assert "+447400123456" not in str(raised.value)
+    finally:
         engine.dispose()
