@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import psycopg
 import pytest
@@ -33,30 +35,29 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A new empty PostgreSQL database for as long as the block lasts; its SQLAlchemy URL."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
+    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def make_postgres_url():
     """A factory of new empty databases (a test with several services needs one each); every
     database it made is dropped afterwards."""
-    made: list[str] = []
-
-    def make() -> str:
-        try:
-            admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-        except psycopg.OperationalError as error:
-            _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
-        name = f"clinic_test_{uuid.uuid4().hex[:12]}"
-        with admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-    try:
-        yield make
-    finally:
-        if made:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                for name in made:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with ExitStack() as made:
+        yield lambda: made.enter_context(scratch_postgres())
 
 
 @pytest.fixture

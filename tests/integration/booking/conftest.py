@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import time
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from werkzeug.serving import make_server
@@ -27,7 +26,7 @@ from shared.config import Config
 from shared.db import make_engine
 from shared.migrations import upgrade
 from shared.web import create_token, new_token
-from tests.conftest import PG_ADMIN, _unavailable
+from tests.conftest import scratch_postgres
 
 NOW = "2026-10-19T08:00:00+00:00"  # Monday, 09:00 BST
 
@@ -160,18 +159,8 @@ def _scratch_database(backend: str, directory):
     if backend == "sqlite":
         yield f"sqlite:///{directory / 'booking.sqlite3'}"
         return
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        _unavailable(f"PostgreSQL not reachable: {str(error).splitlines()[0]}")
-    name = f"clinic_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres() as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
