@@ -260,6 +260,13 @@ class MessageRepository:
         ).values(sending_at=now, lease_until=now + lease, updated_at=now,
                  attempts=messages.c.attempts + 1)).rowcount == 1
 
+    def hold(self, message_id: uuid.UUID, token: uuid.UUID, wait: timedelta) -> bool:
+        """Keep a message `sending` (it may have gone) until `wait` has passed, when recovery
+        asks the provider before anything is sent again."""
+        return self._c.execute(messages.update().where(
+            messages.c.id == message_id, messages.c.claim_token == token,
+        ).values(lease_until=self._clock.now() + wait)).rowcount == 1
+
     def hand_over(self, message_id: uuid.UUID, token: uuid.UUID) -> bool:
         """Record that the email is about to be taken by the SMTP server (see scheduler)."""
         return self._c.execute(messages.update().where(

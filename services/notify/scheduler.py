@@ -380,9 +380,7 @@ class Scheduler:
 
     def _hold(self, message: ClaimedMessage, delay: float) -> None:
         with self.context.uow() as uow:
-            uow.connection.execute(messages.update().where(
-                messages.c.id == message.id, messages.c.claim_token == self.token,
-            ).values(lease_until=uow.clock.now() + timedelta(seconds=max(delay, 1.0))))
+            uow.messages.hold(message.id, self.token, timedelta(seconds=max(delay, 1.0)))
             uow.commit()
 
     @staticmethod

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.notify.app import bootstrap, create_app
-from services.notify.db import messages, shared_tables
+from services.notify.db import claim_due, messages, shared_tables
 from services.notify.handlers import HANDLERS
 from services.notify.scheduler import Scheduler
 from services.notify.senders import SmtpEmail, TwilioSms
@@ -46,6 +46,15 @@ class Notifier:
 
     def scheduler(self, **kwargs) -> Scheduler:
         return Scheduler(self.context, **kwargs)
+
+    def claim(self, scheduler: Scheduler, channel: str | None = None) -> list:
+        """What `scheduler` claims now, committed: a worker that will be stopped, killed or
+        raced at the point the test chooses."""
+        with self.context.uow() as uow:
+            claimed = claim_due(uow.connection, uow.clock.now(), 10, scheduler.lease,
+                                scheduler.token, channel=channel)
+            uow.commit()
+        return claimed
 
     def dispatch(self) -> int:
         if not self.schedulers:

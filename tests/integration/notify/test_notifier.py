@@ -115,10 +115,7 @@ def test_a_reminder_claimed_as_the_appointment_is_cancelled_is_not_sent(notifier
     notifier.dispatch()
     notifier.clock.set("2026-11-28T10:00:00+00:00")
     scheduler = notifier.scheduler()
-    with notifier.context.uow() as uow:
-        from services.notify.db import claim_due
-        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, scheduler.token)
-        uow.commit()
+    [reminder] = notifier.claim(scheduler)
     notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
     scheduler.deliver(reminder)
     assert not any("reminder" in m["body"] for m in notifier.sms_to())
@@ -202,14 +199,7 @@ def test_a_500_is_checked_against_twilios_list_before_sending_again(notifier):
 
 def test_a_worker_that_died_after_twilio_took_the_message_does_not_send_it_twice(notifier):
     book(notifier, contact=contact(email_ok=False))
-    dead = notifier.scheduler()
-    with notifier.context.uow() as uow:
-        from services.notify.db import claim_due
-        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token)
-        uow.commit()
-    with notifier.context.uow() as uow:
-        assert uow.messages.begin_send(message.id, dead.token, LEASE)
-        uow.commit()
+    dead, message = _claimed_by_a_worker_that_dies(notifier, "sms")
     dead._send(message)                      # Twilio took it; the worker died before recording
     notifier.clock.advance(LEASE + timedelta(seconds=1))
     notifier.dispatch()                      # another worker recovers the abandoned send
@@ -220,11 +210,7 @@ def test_a_worker_that_died_after_twilio_took_the_message_does_not_send_it_twice
 
 def test_a_claim_abandoned_before_the_provider_call_is_sent_by_another_worker(notifier):
     book(notifier, contact=contact(email_ok=False))
-    dead = notifier.scheduler()
-    with notifier.context.uow() as uow:
-        from services.notify.db import claim_due
-        claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token)
-        uow.commit()
+    notifier.claim(notifier.scheduler())     # and the worker dies before sending
     notifier.clock.advance(LEASE + timedelta(seconds=1))
     notifier.dispatch()
     notifier.dispatch()
@@ -284,10 +270,8 @@ def test_the_outbox_rows_commit_with_the_outcome(notifier):
 
 def _claimed_by_a_worker_that_dies(notifier, channel):
     dead = notifier.scheduler()
+    [message] = notifier.claim(dead, channel)
     with notifier.context.uow() as uow:
-        from services.notify.db import claim_due
-        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, dead.token,
-                              channel=channel)
         assert uow.messages.begin_send(message.id, dead.token, LEASE)
         uow.commit()
     return dead, message
@@ -471,13 +455,13 @@ def test_moved_and_moved_back_keeps_the_reminders(notifier):
 
 
 def test_a_cancellation_while_an_sms_waits_for_its_slot_stops_it(notifier):
-    from services.notify.db import claim_due, rate_limits
+    from services.notify.db import rate_limits
     appointment_id, _ = book(notifier, contact=contact(email_ok=False))
     notifier.dispatch()
     notifier.clock.set("2026-11-28T10:00:00+00:00")
     scheduler = notifier.scheduler()
+    [reminder] = notifier.claim(scheduler)
     with notifier.context.uow() as uow:
-        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, scheduler.token)
         uow.connection.execute(rate_limits.delete())     # other workers' SMS queued first
         uow.connection.execute(rate_limits.insert().values(
             name="sms", next_slot_at=uow.clock.now() + timedelta(seconds=1)))
@@ -507,13 +491,9 @@ class LeaseOutlivingEmail:
 def test_an_email_whose_lease_ran_out_mid_send_is_not_finished_by_the_slow_worker(notifier):
     import dataclasses
 
-    from services.notify.db import claim_due
     book(notifier, contact=contact(sms=False))
     slow, other = notifier.scheduler(), notifier.scheduler()
-    with notifier.context.uow() as uow:
-        [message] = claim_due(uow.connection, uow.clock.now(), 10, LEASE, slow.token,
-                              channel="email")
-        uow.commit()
+    [message] = notifier.claim(slow, "email")
 
     def lease_runs_out_and_another_worker_recovers_it():
         notifier.clock.advance(LEASE + timedelta(seconds=1))

@@ -202,15 +202,11 @@ def test_the_sms_cap_spaces_sends_across_workers(notifier):
 
 
 def test_stop_while_an_sms_is_claimed_but_not_begun_stops_it(notifier, client):
-    from services.notify.db import claim_due
     book(notifier, contact=contact(email_ok=False))
     notifier.dispatch()
     notifier.clock.set("2026-11-28T10:00:00+00:00")
     scheduler = notifier.scheduler()
-    with notifier.context.uow() as uow:
-        [reminder] = claim_due(uow.connection, uow.clock.now(), 10, scheduler.lease,
-                               scheduler.token)
-        uow.commit()
+    [reminder] = notifier.claim(scheduler)
     reply(notifier, client, "STOP")
     scheduler.deliver(reminder)
     notifier.dispatch()
