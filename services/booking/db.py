@@ -231,8 +231,8 @@ class AppointmentRepository:
     def add_if_free(self, appointment: Appointment, intake_form_status: str) -> dict | None:
         """Insert unless an active appointment of the clinician overlaps it: the row as
         written, or None when the time is taken. One statement where a check and an insert
-        were two. On PostgreSQL two transactions may both pass the check; the exclusion
-        constraint then fails the second one's insert (IntegrityError)."""
+        were two. On PostgreSQL the diary is held (booking_parties), so the check sees any
+        booking committed before; the exclusion constraint stays the backstop (IntegrityError)."""
         now = self._clock.now()
         values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
                   "created_at": now, "updated_at": now}
@@ -243,10 +243,12 @@ class AppointmentRepository:
     def booking_parties(self, patient_id: uuid.UUID, clinician_id: uuid.UUID,
                         treatment_code: str) -> BookingParties:
         """Who and what a booking names, and whether the patient was ever booked: one round
-        trip instead of four, on the path every booking takes."""
-        row = self._c.execute(_BOOKING_PARTIES, {
+        trip instead of four, on the path every booking takes. On PostgreSQL the same trip
+        holds the clinician's diary (see hold_diary)."""
+        locking = self._c.dialect.name == "postgresql"
+        row = self._c.execute(_BOOKING_PARTIES_HOLDING_DIARY if locking else _BOOKING_PARTIES, {
             "patient_id": patient_id, "clinician_id": clinician_id,
-            "treatment_code": treatment_code}).one()
+            "treatment_code": treatment_code, "diary": _diary_key(clinician_id)}).one()
         patient = _part(row, 0, patients)
         clinician = _part(row, len(patients.c), clinicians)
         treatment = _part(row, len(patients.c) + len(clinicians.c), treatments)
@@ -256,6 +258,14 @@ class AppointmentRepository:
             treatment=_treatment(treatment) if treatment else None,
             booked_before=row.booked_before,
         )
+
+    def hold_diary(self, clinician_id: uuid.UUID) -> None:
+        """Bookings into one clinician's diary take turns until commit. Without this, two
+        transactions writing overlapping times can each wait on the other's row in the
+        exclusion constraint's check, and PostgreSQL ends one with a deadlock error (a 503)
+        where the patient should hear "that time is taken" (409). SQLite has one writer."""
+        if self._c.dialect.name == "postgresql":
+            self._c.execute(_HOLD_DIARY, {"diary": _diary_key(clinician_id)})
 
     def update(self, appointment: Appointment) -> None:
         self._c.execute(appointments.update().where(appointments.c.id == appointment.id)
@@ -340,6 +350,20 @@ _BOOKING_PARTIES = (
                                                                   type_=sa.String))
     )
 )
+
+# Two-key advisory locks: a space apart from the outbox relay's one-key leadership lock.
+_DIARY_LOCKS = 0x6469  # "di"
+_HOLD_DIARY = sa.select(sa.func.pg_advisory_xact_lock(
+    _DIARY_LOCKS, sa.bindparam("diary", type_=sa.Integer)))
+_BOOKING_PARTIES_HOLDING_DIARY = _BOOKING_PARTIES.add_columns(
+    sa.func.pg_advisory_xact_lock(_DIARY_LOCKS, sa.bindparam("diary", type_=sa.Integer))
+    .label("diary_held"))
+
+
+def _diary_key(clinician_id: uuid.UUID) -> int:
+    """A signed 32-bit key from the clinician's id; two clinicians sharing one only take turns."""
+    return int.from_bytes(clinician_id.bytes[:4], "big", signed=True)
+
 
 _NEW_APPOINTMENT = {column.key: sa.bindparam(column.key, type_=column.type)
                     for column in appointments.c}

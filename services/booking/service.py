@@ -141,6 +141,7 @@ def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
         clinician = _clinician(uow, clinician_id or appointment.clinician_id)
         treatment = _treatment(uow, appointment.treatment_code)
         slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
+        uow.appointments.hold_diary(clinician.id)
         _ensure_free(uow, clinician.id, slot, excluding=appointment.id)
         previous = appointment.starts_at
         appointment.reschedule(slot, clinician.id)

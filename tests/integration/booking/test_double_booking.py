@@ -3,13 +3,22 @@ over HTTP to a threaded server at the same instant, and the database lets exactl
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
+import pytest
 import requests
 import sqlalchemy as sa
 
-from services.booking.db import appointments
+from services.booking import service
+from services.booking.db import AppointmentRepository, BookingUnitOfWork, appointments
+from services.booking.model import Appointment
+from shared.errors import Conflict
 
 from .conftest import PATIENT
 
@@ -208,3 +217,83 @@ def test_ten_parallel_cancels_of_one_appointment_announce_it_once(booking, live_
     assert [e["type"] for e in events] == ["booking.appointment.booked",
                                            "booking.appointment.cancelled"]
     assert events[-1]["data"]["reason"] == winner["cancel_reason"]
+
+
+
+def _waiting_on_advisory_lock(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = 'advisory'")).scalar_one()
+
+
+@pytest.mark.parametrize("write", ["book", "reschedule"])
+def test_writes_into_one_diary_take_turns(pg_booking, write):
+    """Two writes of overlapping times can each wait on the other in PostgreSQL's exclusion
+    check, and one is then killed as a deadlock: a 503 where reception should hear "taken"
+    (CI once saw 9 of 10 parallel reschedules end so). So a write holds the clinician's diary
+    until it commits: here one that does not even overlap waits for the holder, while
+    another clinician's diary stays open."""
+    site, tz = pg_booking, ZoneInfo("Europe/London")
+    patient = uuid.UUID(site.patient_id)
+    nine = datetime(2026, 11, 2, 9, tzinfo=timezone.utc)  # 09:00 GMT, Monday
+    existing = service.book_appointment(BookingUnitOfWork(site.engine, site.clock), patient,
+                                        site.shah, "TPI", nine + timedelta(days=1), tz)["id"]
+
+    def write_into(clinician):
+        uow = BookingUnitOfWork(site.engine, site.clock)
+        if write == "book":
+            return service.book_appointment(uow, patient, clinician, "TPI", nine, tz)["id"]
+        return service.reschedule_appointment(uow, existing, nine, tz, clinician).id
+
+    holder = BookingUnitOfWork(site.engine, site.clock)
+    with holder, ThreadPoolExecutor(max_workers=1) as pool:
+        holder.appointments.hold_diary(site.shah)
+        assert write_into(site.whitfield)  # another diary: not held up
+        waiting = pool.submit(write_into, site.shah)
+        for _ in range(300):
+            if _waiting_on_advisory_lock(site.engine) == 1:
+                break
+            time.sleep(0.01)
+        assert _waiting_on_advisory_lock(site.engine) == 1 and not waiting.done()
+        holder.rollback()
+        assert waiting.result(timeout=30)
+
+
+def test_racing_overlapping_writes_never_deadlock_when_the_diary_is_held(pg_booking):
+    """The race itself, at the statement level where it is tight enough to happen: ten
+    transactions move ten rows into one slot at once, a hundred times. Unheld, about one
+    round in ten ends a transaction as a deadlock; held, every loser is an exclusion
+    violation (which the service answers as 409)."""
+    engine = pg_booking.engine
+    patient = uuid.UUID(pg_booking.patient_id)
+    rows = [Appointment(uuid.uuid4(), patient, pg_booking.shah, "TPI",
+                        datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=n),
+                        datetime(2027, 1, 1, 0, 30, tzinfo=timezone.utc) + timedelta(days=n))
+            for n in range(10)]
+    outcomes = Counter()
+    for round_ in range(100):
+        slot = datetime(2028, 1, 1, tzinfo=timezone.utc) + timedelta(days=round_)
+        with engine.begin() as connection:
+            for row in rows:
+                connection.execute(sa.delete(appointments).where(appointments.c.id == row.id))
+                AppointmentRepository(connection, pg_booking.clock).add_if_free(row, "sent")
+        start = threading.Barrier(len(rows))
+
+        def move(row):
+            try:
+                start.wait(timeout=30)
+                with engine.begin() as connection:
+                    repository = AppointmentRepository(connection, pg_booking.clock)
+                    repository.hold_diary(row.clinician_id)
+                    repository.update(replace(row, starts_at=slot,
+                                              ends_at=slot + timedelta(minutes=30)))
+                return "moved"
+            except threading.BrokenBarrierError:
+                raise
+            except sa.exc.DBAPIError as error:
+                return type(error.orig).__name__
+
+        with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+            outcomes.update(pool.map(move, rows))
+    assert outcomes == {"moved": 100, "ExclusionViolation": 900}
