@@ -22,7 +22,7 @@ from bench.relay import WINDOW, WindowedPublisher, booked_events
 from bench.report import Goal, Row
 from bench.settings import Settings
 from services.notify.app import bootstrap
-from services.notify.handlers import HANDLERS
+from services.notify.handlers import BATCH_HANDLERS, HANDLERS
 from shared.consumer import EventConsumer
 from shared.events import encode
 from shared.messaging import declare_topology, queue_name, service_queue
@@ -91,7 +91,8 @@ def notifier_consume(env: dict, url: str, count: int) -> float:
     context = bootstrap(stack.config(env))
     stop = threading.Event()
     consumer = EventConsumer(env["AMQP_URL"], "notify", bind(HANDLERS, context),
-                             prefetch=PREFETCH, stop=stop)
+                             prefetch=PREFETCH, stop=stop,
+                             batch_handlers=bind(BATCH_HANDLERS, context))
     started = time.perf_counter()
     thread = threading.Thread(target=consumer.run, name="bench-notify-consumer")
     thread.start()

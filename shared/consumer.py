@@ -8,6 +8,13 @@ A handler gets a decoded `Event` and commits its effects together with its
 - the handler raising: requeued; on the last allowed delivery parked with the reason. The
   queue's own `x-delivery-limit` is the backstop for a message that kills the worker, which
   RabbitMQ then parks with `x-death` reason `delivery_limit`.
+
+A service may also register a batch handler for a type: consecutive events of that type that
+have already arrived (up to the prefetch) are then handled in one transaction, and acked
+after it commits. A burst (the relay catching up after an outage, a busy morning) then costs
+a few statements per batch instead of a transaction per event. A batch handler is
+all-or-nothing: if it raises, or declines with `OneByOne`, its events are handled one at a
+time by the ordinary handler, with the ordinary retries and parking.
 """
 from __future__ import annotations
 
@@ -32,6 +39,16 @@ from shared.messaging import (
 log = get_logger("consumer")
 
 Handler = Callable[[Event], None]
+BatchHandler = Callable[[list[Event]], None]
+
+# How long a consumer holding undelivered-to-handler messages waits for one more before it
+# handles what it has: a burst fills a batch, a lone booking is barely delayed.
+BATCH_WAIT_SECONDS = 0.005
+
+
+class OneByOne(Exception):
+    """Raised by a batch handler that cannot treat these events as one set (for example, two
+    of them about one appointment): the consumer then hands them over one at a time."""
 
 
 def is_infrastructure_error(error: BaseException) -> bool:
@@ -43,13 +60,16 @@ def is_infrastructure_error(error: BaseException) -> bool:
 
 class EventConsumer(ConsumerMixin):
     def __init__(self, url: str, service: str, handlers: Mapping[str, Handler],
-                 prefetch: int = 50, stop: threading.Event | None = None):
+                 prefetch: int = 50, stop: threading.Event | None = None,
+                 batch_handlers: Mapping[str, BatchHandler] | None = None):
         self.connection = Connection(
             url, heartbeat=30, transport_options={"confirm_publish": True}
         )
         self.service = service
         self.handlers = dict(handlers)
+        self.batch_handlers = dict(batch_handlers or {})
         self.prefetch = prefetch
+        self._arrived: list = []  # messages received, not yet handled (batching only)
         self.stop = stop or threading.Event()
         self._local_attempts: dict[str, int] = {}
         self._current_connection: Connection | None = None
@@ -65,6 +85,7 @@ class EventConsumer(ConsumerMixin):
 
     def get_consumers(self, Consumer, channel):
         self._current_connection = channel.connection.client
+        self._arrived = []  # from a lost channel: RabbitMQ redelivers them
         declare_topology(self._current_connection, self.service, sorted(self.handlers))
         return [
             Consumer(
@@ -75,18 +96,87 @@ class EventConsumer(ConsumerMixin):
             )
         ]
 
+    def consume(self, limit=None, timeout=None, safety_interval=1, **kwargs):
+        """ConsumerMixin's loop, except that while messages wait to be handled it waits only
+        `BATCH_WAIT_SECONDS` for another before handling them."""
+        with self.consumer_context(**kwargs) as (connection, _channel, _consumers):
+            while not self.should_stop:
+                try:
+                    connection.drain_events(
+                        timeout=BATCH_WAIT_SECONDS if self._arrived else safety_interval)
+                except TimeoutError:
+                    if self._arrived:
+                        self.handle_arrived()
+                    else:
+                        connection.heartbeat_check()
+                except OSError:
+                    if not self.should_stop:
+                        raise
+                yield
+
     def on_message(self, message) -> None:
+        if not self.batch_handlers:
+            self._take(message)
+            return
+        self._arrived.append(message)
+        if len(self._arrived) >= self.prefetch:
+            self.handle_arrived()
+
+    def handle_arrived(self) -> None:
+        """Runs of one batch-handled type together, everything else one at a time, in the
+        order the messages arrived."""
+        arrived, self._arrived = self._arrived, []
+        run: list[tuple] = []
+        for message in arrived:
+            taken = self._decoded(message)
+            if taken is None:
+                continue
+            if run and (taken[2].type != run[0][2].type):
+                self._handle_run(run)
+                run = []
+            run.append(taken)
+        if run:
+            self._handle_run(run)
+
+    def _handle_run(self, run: list[tuple]) -> None:
+        batch = self.batch_handlers.get(run[0][2].type)
+        if batch is not None and len(run) > 1:
+            try:
+                batch([event for _, _, event in run])
+            except OneByOne:
+                pass
+            except Exception as error:
+                log.warning("batch.failed", type=run[0][2].type, size=len(run),
+                            error=type(error).__name__)
+            else:
+                for message, _, _ in run:
+                    message.ack()
+                return
+        for message, body, event in run:
+            self._handle_one(message, body, event)
+
+    def _decoded(self, message) -> tuple | None:
+        """(message, body, event) for an event this service handles; anything else is parked
+        or acked here."""
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
             event = decode(body)
         except InvalidEvent as error:
             self.park(message, body, f"invalid event: {error}")
-            return
-        handler = self.handlers.get(event.type)
-        if handler is None:
+            return None
+        if event.type not in self.handlers:
             log.info("event.ignored", type=event.type, event_id=event.id)
             message.ack()
-            return
+            return None
+        return message, body, event
+
+    def _take(self, message) -> None:
+        taken = self._decoded(message)
+        if taken is not None:
+            self._handle_one(*taken)
+
+    def _handle_one(self, message, body: bytes, event: Event) -> None:
+        handler = self.handlers[event.type]
         try:
             self._handle(handler, event)
         except Exception as error:

@@ -182,7 +182,7 @@ class BrokerProbe:
 
     def __init__(self, url: str, every: float = 5.0):
         self._url, self._every = url, every
-        self._checked_at, self._ok = 0.0, False
+        self._checked_at, self._ok = float("-inf"), False  # never checked (not "at boot")
 
     def __call__(self) -> bool:
         if self._url.startswith("memory"):

@@ -29,6 +29,7 @@ def background_threads(service: str, amqp_url: str, engine: sa.Engine, tables: S
                        clock: Clock, handlers: Mapping[str, Callable], stop: threading.Event,
                        extra: list[Callable[[threading.Event], None]] = (),
                        topology: Mapping[str, list[str]] | None = None,
+                       batch_handlers: Mapping[str, Callable] | None = None,
                        ) -> list[threading.Thread]:
     """`topology`: every service's consumed event types, declared by the relay before it
     publishes (see `Publisher`)."""
@@ -36,7 +37,8 @@ def background_threads(service: str, amqp_url: str, engine: sa.Engine, tables: S
                         service)
     loops: list[tuple[str, Callable]] = [("relay", lambda: relay.run(stop))]
     if handlers:
-        consumer = EventConsumer(amqp_url, service, handlers, stop=stop)
+        consumer = EventConsumer(amqp_url, service, handlers, stop=stop,
+                                 batch_handlers=batch_handlers)
         loops.append(("consumer", consumer.run))
     loops += [(getattr(loop, "__name__", "loop"), functools.partial(loop, stop)) for loop in extra]
     return [threading.Thread(target=_guarded(service, name, target, stop),

@@ -26,6 +26,7 @@ from shared.db import (
     UTCDateTime,
     add_shared_tables,
     insert_ignoring_duplicates,
+    insert_many,
     outbox_channel,
 )
 
@@ -165,19 +166,21 @@ class MessageRepository:
         if not planned:
             return 0
         now = self._clock.now()
-        insert = _dialect_insert(self._c)(messages)
-        revive = {name: getattr(insert.excluded, name) for name in (
-            "kind", "channel", "to_address", "appointment_id", "patient_id", "context",
-            "due_at", "status", "attempts", "updated_at")}
-        revive.update(claim_token=None, lease_until=None, sending_at=None, error=None,
-                      error_code=None, provider_status=None)
-        # executemany with RETURNING: SQLAlchemy sends the rows as one multi-row INSERT (its
-        # "insertmanyvalues") from a statement it compiles once, not once per event.
-        return len(self._c.execute(
-            insert.on_conflict_do_update(index_elements=[messages.c.dedupe_key], set_=revive,
-                                         where=messages.c.status == CANCELLED)
-            .returning(messages.c.id),
-            [self._row(p, None, now) for p in planned]).all())
+
+        def upsert(insert):
+            revive = {name: getattr(insert.excluded, name) for name in (
+                "kind", "channel", "to_address", "appointment_id", "patient_id", "context",
+                "due_at", "status", "attempts", "updated_at")}
+            revive.update({name: sa.null() for name in (
+                "claim_token", "lease_until", "sending_at", "error", "error_code",
+                "provider_status")})
+            return insert.on_conflict_do_update(
+                index_elements=[messages.c.dedupe_key], set_=revive,
+                where=messages.c.status == sa.literal_column(f"'{CANCELLED}'"),
+            ).returning(messages.c.id)
+
+        return len(insert_many(self._c, messages, [self._row(p, None, now) for p in planned],
+                               upsert).all())
 
     @staticmethod
     def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime) -> dict:
@@ -427,6 +430,20 @@ class ContactRepository:
                         .on_conflict_do_update(index_elements=[contacts.c.patient_id],
                                                set_=values))
 
+    def remember_all(self, contacts_by_patient: dict[str, dict]) -> None:
+        """As `remember` for many patients (each once) in one statement."""
+        now = self._clock.now()
+        rows = [dict(patient_id=patient_id, phone=contact.get("phone"),
+                     email=contact.get("email"), sms_ok=bool(contact.get("sms")),
+                     email_ok=bool(contact.get("email_ok")), updated_at=now)
+                for patient_id, contact in contacts_by_patient.items() if patient_id and contact]
+        if not rows:
+            return
+        insert_many(self._c, contacts, rows, lambda insert: insert.on_conflict_do_update(
+            index_elements=[contacts.c.patient_id],
+            set_={name: getattr(insert.excluded, name) for name in (
+                "phone", "email", "sms_ok", "email_ok", "updated_at")}))
+
     def get(self, patient_id: str):
         return self._c.execute(
             sa.select(contacts).where(contacts.c.patient_id == patient_id)).first()
@@ -466,6 +483,20 @@ class AppointmentStates:
             where=table.c.event_time <= insert.excluded.event_time,
         ).returning(table.c.appointment_id)).first()
         return applied is not None
+
+    def advance_all(self, changes: list[tuple[str, str, datetime]]) -> set[str]:
+        """As `advance` for many appointments (each once) in one statement: the ids applied."""
+        if not changes:
+            return set()
+        table = appointment_states
+        return set(insert_many(self._c, table, [
+            dict(appointment_id=appointment_id, status=status, event_time=event_time)
+            for appointment_id, status, event_time in changes],
+            lambda insert: insert.on_conflict_do_update(
+                index_elements=[table.c.appointment_id],
+                set_={"status": insert.excluded.status, "event_time": insert.excluded.event_time},
+                where=table.c.event_time <= insert.excluded.event_time,
+            ).returning(table.c.appointment_id)).scalars())
 
 class EarlyReports:
     def __init__(self, connection: Connection, clock: Clock):

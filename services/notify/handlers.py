@@ -12,6 +12,7 @@ from services.notify.model.delivery import (
     SMS_FALLBACK,
 )
 from services.notify.scheduler import RECHECK_SECONDS
+from shared.consumer import OneByOne
 from shared.events import Event
 
 # Everything still pending about a coming appointment, which the patient should no longer
@@ -40,17 +41,43 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
         if then is not None:
             then(uow)
         planned = plan()
-        # A scheduler looks at the table at least once a second however idle it is, so only
-        # a message due sooner than that needs to wake it (a NOTIFY takes a lock at commit).
-        soon = uow.clock.now() + timedelta(seconds=RECHECK_SECONDS)
-        if uow.messages.schedule_all(planned) and any(p.due_at <= soon for p in planned):
-            uow.wake_scheduler()
+        _store(uow, planned)
         uow.commit()
+
+
+def _store(uow, planned: list) -> None:
+    # A scheduler looks at the table at least once a second however idle it is, so only
+    # a message due sooner than that needs to wake it (a NOTIFY takes a lock at commit).
+    soon = uow.clock.now() + timedelta(seconds=RECHECK_SECONDS)
+    if uow.messages.schedule_all(planned) and any(p.due_at <= soon for p in planned):
+        uow.wake_scheduler()
 
 
 def on_booked(event: Event, context) -> None:
     _schedule(context, event, "notify.booked", lambda: policy.plan_booked(
         event.data, context.clock.now(), context.offsets, context.quiet, context.tz))
+
+
+def on_booked_many(events: list[Event], context) -> None:
+    """Many bookings in one transaction, set-wise, with the effects `on_booked` has for each
+    in turn: the same marks, the same guard against stale events, the same messages. Events
+    about one appointment twice are left to `on_booked`, whose order then decides."""
+    appointment_ids = [event.data.get("appointment_id") for event in events]
+    if None in appointment_ids or len(set(appointment_ids)) < len(events):
+        raise OneByOne()
+    uow = context.uow()
+    with uow:
+        fresh = uow.processed.add_all("notify.booked", [event.id for event in events])
+        events = [event for event in events if event.id in fresh]
+        applied = uow.appointments.advance_all(
+            [(event.data["appointment_id"], "booked", event.time) for event in events])
+        events = [event for event in events if event.data["appointment_id"] in applied]
+        uow.contacts.remember_all({event.data.get("patient_id"): event.data.get("contact")
+                                   for event in events})  # the latest per patient
+        now = context.clock.now()
+        _store(uow, [planned for event in events for planned in policy.plan_booked(
+            event.data, now, context.offsets, context.quiet, context.tz)])
+        uow.commit()
 
 
 def on_rescheduled(event: Event, context) -> None:
@@ -122,4 +149,10 @@ HANDLERS = {
     "booking.call.missed": on_call_missed,
     "forms.form.sent": on_form_sent,
     "forms.form.completed": on_form_completed,
+}
+
+# Types whose bursts are handled a batch at a time (see shared.consumer); each falls back to
+# its entry in HANDLERS.
+BATCH_HANDLERS = {
+    "booking.appointment.booked": on_booked_many,
 }

@@ -126,7 +126,7 @@ class Scheduler:
                                             / self.interval.total_seconds())))
         self.status_callback = (self.context.config.public_base_url_notify.rstrip("/")
                                 + "/webhooks/twilio/status")
-        self._last_prune = 0.0
+        self._last_prune: float | None = None  # never: a new worker prunes at once
         self._senders: ThreadPoolExecutor | None = None     # made by run()
 
     # --- the loop ------------------------------------------------------------------------
@@ -394,7 +394,9 @@ class Scheduler:
         """Old finished messages are history: keep the table (and claims) small. Webhook
         receipts only need to outlive Twilio's retries, and a report for a sid never recorded
         (a message of another system on the same account) is dropped after a day."""
-        if time.monotonic() - self._last_prune < 3600:
+        # Not "0.0 = long ago": the monotonic clock starts near zero when the machine boots, so
+        # a worker started within an hour of boot would never have pruned at start.
+        if self._last_prune is not None and time.monotonic() - self._last_prune < 3600:
             return
         self._last_prune = time.monotonic()
         with self.context.uow() as uow:

@@ -8,7 +8,10 @@ import pytest
 
 from tests.e2e.stack import reply_event, slots, wait_until
 
-TERMINATE = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+# Waits (up to 5 s each) until every backend has exited, as after a restart: a backend only
+# signalled may not have said goodbye yet when the next request arrives, which would then
+# race a connection that is dying, not one that is dead (CI once saw that 503).
+TERMINATE = ("SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 

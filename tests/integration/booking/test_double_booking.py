@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,7 +18,6 @@ import sqlalchemy as sa
 from services.booking import service
 from services.booking.db import AppointmentRepository, BookingUnitOfWork, appointments
 from services.booking.model import Appointment
-from shared.errors import Conflict
 
 from .conftest import PATIENT
 
@@ -236,7 +235,7 @@ def test_writes_into_one_diary_take_turns(pg_booking, write):
     another clinician's diary stays open."""
     site, tz = pg_booking, ZoneInfo("Europe/London")
     patient = uuid.UUID(site.patient_id)
-    nine = datetime(2026, 11, 2, 9, tzinfo=timezone.utc)  # 09:00 GMT, Monday
+    nine = datetime(2026, 11, 2, 9, tzinfo=UTC)  # 09:00 GMT, Monday
     existing = service.book_appointment(BookingUnitOfWork(site.engine, site.clock), patient,
                                         site.shah, "TPI", nine + timedelta(days=1), tz)["id"]
 
@@ -268,32 +267,30 @@ def test_racing_overlapping_writes_never_deadlock_when_the_diary_is_held(pg_book
     engine = pg_booking.engine
     patient = uuid.UUID(pg_booking.patient_id)
     rows = [Appointment(uuid.uuid4(), patient, pg_booking.shah, "TPI",
-                        datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=n),
-                        datetime(2027, 1, 1, 0, 30, tzinfo=timezone.utc) + timedelta(days=n))
+                        datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=n),
+                        datetime(2027, 1, 1, 0, 30, tzinfo=UTC) + timedelta(days=n))
             for n in range(10)]
     outcomes = Counter()
+
+    def move(row, slot, start):
+        try:
+            start.wait(timeout=30)
+            with engine.begin() as connection:
+                repository = AppointmentRepository(connection, pg_booking.clock)
+                repository.hold_diary(row.clinician_id)
+                repository.update(replace(row, starts_at=slot,
+                                          ends_at=slot + timedelta(minutes=30)))
+            return "moved"
+        except sa.exc.DBAPIError as error:
+            return type(error.orig).__name__
+
     for round_ in range(100):
-        slot = datetime(2028, 1, 1, tzinfo=timezone.utc) + timedelta(days=round_)
+        slot = datetime(2028, 1, 1, tzinfo=UTC) + timedelta(days=round_)
         with engine.begin() as connection:
             for row in rows:
                 connection.execute(sa.delete(appointments).where(appointments.c.id == row.id))
                 AppointmentRepository(connection, pg_booking.clock).add_if_free(row, "sent")
         start = threading.Barrier(len(rows))
-
-        def move(row):
-            try:
-                start.wait(timeout=30)
-                with engine.begin() as connection:
-                    repository = AppointmentRepository(connection, pg_booking.clock)
-                    repository.hold_diary(row.clinician_id)
-                    repository.update(replace(row, starts_at=slot,
-                                              ends_at=slot + timedelta(minutes=30)))
-                return "moved"
-            except threading.BrokenBarrierError:
-                raise
-            except sa.exc.DBAPIError as error:
-                return type(error.orig).__name__
-
         with ThreadPoolExecutor(max_workers=len(rows)) as pool:
-            outcomes.update(pool.map(move, rows))
+            outcomes.update(pool.map(move, rows, [slot] * len(rows), [start] * len(rows)))
     assert outcomes == {"moved": 100, "ExclusionViolation": 900}
