@@ -20,7 +20,7 @@ def run_embedded(config, host: str = "127.0.0.1") -> None:
     # werkzeug's access log prints query strings, which can carry a phone number.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     stop = threading.Event()
-    threads: list[threading.Thread] = []
+    threads: list[threading.Thread] = []  # the workers', joined when stopping
     servers = []
     for service in SERVICES:
         app_module = importlib.import_module(f"services.{service}.app")
@@ -29,8 +29,10 @@ def run_embedded(config, host: str = "127.0.0.1") -> None:
         app = app_module.create_app(config, context)
         server = make_server(host, DEV_PORTS[service], app, threaded=True)
         servers.append(server)
-        threads.append(threading.Thread(target=server.serve_forever, daemon=True,
-                                        name=f"{service}-http"))
+        # Not among `threads`: a server only stops when shut down, so joining it first would
+        # hold Ctrl-C up for the join's timeout, once per service.
+        threading.Thread(target=server.serve_forever, daemon=True,
+                         name=f"{service}-http").start()
         threads.extend(worker_module.threads(context, stop))
         print(f"  {service:8} http://{host}:{DEV_PORTS[service]}/  "
               f"(API docs: /openapi.json)", flush=True)
