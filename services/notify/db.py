@@ -389,34 +389,30 @@ def _claimed(row) -> ClaimedMessage:
                           provider_status=row.provider_status)
 
 
-def reserve_slots(connection: Connection, name: str, now: datetime, interval: timedelta,
-                  count: int = 1) -> list[datetime]:
-    """The instants at which `count` sends may go, under a cap shared by every worker (GCRA).
+def reserve_slot(connection: Connection, name: str, now: datetime,
+                 interval: timedelta) -> datetime:
+    """The instant this caller may send, under a cap shared by every worker (GCRA).
 
-    The caller takes the next `count` free slots and moves the row on past them, under its
-    lock, so slots never overlap however many workers ask. A worker reserves one run of slots
-    for all the SMS it has just claimed: one short hold of this single hot row per claim, not
-    one per message (eight senders queuing on it were the dispatch's bottleneck). Each send
-    waits for its own slot; a slot whose message turns out not to go is left unused, so the
-    cap is never exceeded, only sometimes not reached.
+    Each caller takes the next free slot and moves it on by `interval`, under a row lock, so
+    the slots never overlap however many workers ask; the caller waits for its slot rather
+    than asking again, which costs one round trip per message.
     """
-    span = interval * count
     if connection.dialect.name == "postgresql":
-        # One statement under the row's lock instead of insert, select for update, update.
-        end = connection.execute(
-            postgresql.insert(rate_limits).values(name=name, next_slot_at=now + span)
+        # One statement under the row's lock instead of insert, select for update, update:
+        # this runs before every SMS, so its round trips bound the rate under the cap.
+        taken = connection.execute(
+            postgresql.insert(rate_limits).values(name=name, next_slot_at=now + interval)
             .on_conflict_do_update(index_elements=[rate_limits.c.name], set_={
                 "next_slot_at": sa.func.greatest(rate_limits.c.next_slot_at,
-                                                 sa.literal(now, UTCDateTime)) + span})
+                                                 sa.literal(now, UTCDateTime)) + interval})
             .returning(rate_limits.c.next_slot_at)).scalar_one()
-        first = end - span
-    else:
-        insert_ignoring_duplicates(connection, rate_limits, dict(name=name, next_slot_at=now))
-        query = sa.select(rate_limits.c.next_slot_at).where(rate_limits.c.name == name)
-        first = max(connection.execute(query).scalar_one(), now)
-        connection.execute(rate_limits.update().where(rate_limits.c.name == name)
-                           .values(next_slot_at=first + span))
-    return [first + interval * n for n in range(count)]
+        return taken - interval
+    insert_ignoring_duplicates(connection, rate_limits, dict(name=name, next_slot_at=now))
+    query = sa.select(rate_limits.c.next_slot_at).where(rate_limits.c.name == name)
+    slot = max(connection.execute(query).scalar_one(), now)
+    connection.execute(rate_limits.update().where(rate_limits.c.name == name)
+                       .values(next_slot_at=slot + interval))
+    return slot
 
 
 class ContactRepository:

@@ -15,7 +15,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -35,7 +35,7 @@ from services.notify.db import (
     early_reports,
     expired_leases,
     messages,
-    reserve_slots,
+    reserve_slot,
     webhook_receipts,
 )
 from services.notify.model import backoff_delay
@@ -177,15 +177,12 @@ class Scheduler:
         """Several sends in flight at once: a provider answering in 200 ms would otherwise hold
         a worker to five texts a second. Each message keeps its own claim, slot and record,
         so running them side by side changes nothing of the send-once protocol."""
-        sms = [message.id for message in claimed if message.channel == "sms"]
-        slots = dict(zip(sms, self._reserve_slots(len(sms)), strict=True)) if sms else {}
-
         def one(message: ClaimedMessage) -> None:
             try:
                 if stop.is_set():
                     self._release(message)
                 else:
-                    self.deliver(message, slots.get(message.id))
+                    self.deliver(message)
             except Exception as error:  # the database away mid-send: its lease brings it back
                 log.warning("message.unfinished", message_id=str(message.id),
                             error=type(error).__name__)
@@ -221,8 +218,7 @@ class Scheduler:
 
     # --- one message -----------------------------------------------------------------------
 
-    def deliver(self, message: ClaimedMessage, slot: datetime | None = None) -> None:
-        """`slot`: when an SMS may go under the cap, if reserved already."""
+    def deliver(self, message: ClaimedMessage) -> None:
         if message.attempts >= MAX_ATTEMPTS:
             self._failed(message, None, f"gave up after {message.attempts} attempts")
             return
@@ -233,8 +229,14 @@ class Scheduler:
             return
         if not self._still_timely(message):
             return
-        if not self._begin_send(message, slot):
-            return
+        if message.channel == "sms":
+            self._wait_for_send_slot()
+        # After any wait for the cap, so a cancellation or STOP during the wait still finds
+        # the message not begun (`sending_at` unset) and stops it.
+        with self.context.uow() as uow:
+            if not uow.messages.begin_send(message.id, self.token, self.lease):
+                return
+            uow.commit()
         try:
             result = self._send(message, rendered)
         except ClaimLost:
@@ -269,25 +271,13 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _begin_send(self, message: ClaimedMessage, slot: datetime | None) -> bool:
-        """Record that the send begins; False when it was cancelled, opted out or is no
-        longer ours, and nothing goes. An SMS first waits for its slot under the cap, so a
-        cancellation or STOP during the wait still finds it not begun."""
-        if message.channel == "sms":
-            slot = slot or self._reserve_slots(1)[0]
-            wait = (slot - self.context.clock.now()).total_seconds()
-            if wait > 0:
-                time.sleep(wait)
+    def _wait_for_send_slot(self) -> None:
         with self.context.uow() as uow:
-            begun = uow.messages.begin_send(message.id, self.token, self.lease)
+            slot = reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
             uow.commit()
-        return begun
-
-    def _reserve_slots(self, count: int) -> list[datetime]:
-        with self.context.uow() as uow:
-            slots = reserve_slots(uow.connection, "sms", uow.clock.now(), self.interval, count)
-            uow.commit()
-        return slots
+        wait = (slot - self.context.clock.now()).total_seconds()
+        if wait > 0:
+            time.sleep(wait)
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)

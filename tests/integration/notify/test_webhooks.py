@@ -184,22 +184,21 @@ def test_a_report_for_a_message_we_do_not_know_is_accepted_and_ignored(notifier,
 
 
 def test_the_sms_cap_spaces_sends_across_workers(notifier):
-    """SMS_MAX_PER_SECOND holds across workers: each claim takes the next run of slots in
-    the database, so the slots handed out are 1/rate apart whoever asks, one at a time or
-    several."""
-    from services.notify.db import reserve_slots
+    """SMS_MAX_PER_SECOND holds across workers: each send takes the next slot in the
+    database, so the slots handed out are 1/rate apart whoever asks."""
+    from services.notify.db import reserve_slot
     interval = timedelta(milliseconds=250)
     now = notifier.clock.now()
     slots = []
-    for count in (1, 3, 1, 2, 1):
+    for _ in range(8):
         with notifier.context.uow() as uow:
-            slots += reserve_slots(uow.connection, "sms", now, interval, count)
+            slots.append(reserve_slot(uow.connection, "sms", now, interval))
             uow.commit()
     assert slots == [now + n * interval for n in range(8)]
     notifier.clock.advance(timedelta(seconds=10))
     with notifier.context.uow() as uow:
-        assert reserve_slots(uow.connection, "sms", notifier.clock.now(), interval) == [
-            notifier.clock.now()]
+        assert reserve_slot(uow.connection, "sms", notifier.clock.now(), interval) == (
+            notifier.clock.now())
 
 
 def test_stop_while_an_sms_is_claimed_but_not_begun_stops_it(notifier, client):
