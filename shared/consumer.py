@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from kombu import Connection, Producer
@@ -46,6 +47,13 @@ BatchHandler = Callable[[list[Event]], None]
 BATCH_WAIT_SECONDS = 0.005
 
 
+class Arrived(NamedTuple):
+    """A message this service handles, with its body and the event decoded from it."""
+    message: Any
+    body: bytes
+    event: Event
+
+
 class OneByOne(Exception):
     """Raised by a batch handler that cannot treat these events as one set (for example, two
     of them about one appointment): the consumer then hands them over one at a time."""
@@ -56,6 +64,16 @@ def is_infrastructure_error(error: BaseException) -> bool:
     return isinstance(error, sa.exc.OperationalError) or (
         isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
     )
+
+
+def _describe(error: BaseException) -> str:
+    """What a parked message's reason says of the error. A database error is named by its
+    class and SQLSTATE only: PostgreSQL's message may quote the values it refused (a phone
+    number in a key, a row of JSON), and the reason travels into logs and message headers."""
+    if isinstance(error, sa.exc.DBAPIError):
+        orig = error.orig
+        return f"{type(orig).__name__} (SQLSTATE {getattr(orig, 'sqlstate', None)})"
+    return f"{type(error).__name__}: {error}"
 
 
 class EventConsumer(ConsumerMixin):
@@ -105,10 +123,9 @@ class EventConsumer(ConsumerMixin):
                     connection.drain_events(
                         timeout=BATCH_WAIT_SECONDS if self._arrived else safety_interval)
                 except TimeoutError:
+                    connection.heartbeat_check()
                     if self._arrived:
-                        self.handle_arrived()
-                    else:
-                        connection.heartbeat_check()
+                        self._handle_arrived()
                 except OSError:
                     if not self.should_stop:
                         raise
@@ -120,43 +137,44 @@ class EventConsumer(ConsumerMixin):
             return
         self._arrived.append(message)
         if len(self._arrived) >= self.prefetch:
-            self.handle_arrived()
+            self._handle_arrived()
 
-    def handle_arrived(self) -> None:
+    def _handle_arrived(self) -> None:
         """Runs of one batch-handled type together, everything else one at a time, in the
         order the messages arrived."""
         arrived, self._arrived = self._arrived, []
-        run: list[tuple] = []
+        run: list[Arrived] = []
         for message in arrived:
             taken = self._decoded(message)
             if taken is None:
                 continue
-            if run and (taken[2].type != run[0][2].type):
+            if run and taken.event.type != run[0].event.type:
                 self._handle_run(run)
                 run = []
             run.append(taken)
         if run:
             self._handle_run(run)
 
-    def _handle_run(self, run: list[tuple]) -> None:
-        batch = self.batch_handlers.get(run[0][2].type)
+    def _handle_run(self, run: list[Arrived]) -> None:
+        event_type = run[0].event.type
+        batch = self.batch_handlers.get(event_type)
         if batch is not None and len(run) > 1:
             try:
-                batch([event for _, _, event in run])
+                batch([taken.event for taken in run])
             except OneByOne:
                 pass
             except Exception as error:
-                log.warning("batch.failed", type=run[0][2].type, size=len(run),
+                log.warning("batch.failed", type=event_type, size=len(run),
                             error=type(error).__name__)
             else:
-                for message, _, _ in run:
-                    message.ack()
+                for taken in run:
+                    taken.message.ack()
                 return
-        for message, body, event in run:
-            self._handle_one(message, body, event)
+        for taken in run:
+            self._handle_one(*taken)
 
-    def _decoded(self, message) -> tuple | None:
-        """(message, body, event) for an event this service handles; anything else is parked
+    def _decoded(self, message) -> Arrived | None:
+        """The message as `Arrived` if this service handles its event; anything else is parked
         or acked here."""
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
@@ -168,7 +186,7 @@ class EventConsumer(ConsumerMixin):
             log.info("event.ignored", type=event.type, event_id=event.id)
             message.ack()
             return None
-        return message, body, event
+        return Arrived(message, body, event)
 
     def _take(self, message) -> None:
         taken = self._decoded(message)
@@ -181,7 +199,7 @@ class EventConsumer(ConsumerMixin):
             self._handle(handler, event)
         except Exception as error:
             attempt = self._attempt(message, event)
-            reason = f"handler failed on delivery {attempt}: {type(error).__name__}: {error}"
+            reason = f"handler failed on delivery {attempt}: {_describe(error)}"
             log.warning("event.failed", type=event.type, event_id=event.id, attempt=attempt,
                         error=type(error).__name__)
             if attempt >= DELIVERY_LIMIT:

@@ -123,12 +123,22 @@ def insert_many(connection: Connection, table: sa.Table, rows: list[dict],
     a short statement, converted and prepared once, where a multi-row VALUES list of a few
     hundred rows is a new statement of thousands of parameters that the driver re-parses on
     every call (half a burst's time, measured). SQLite takes the rows as an executemany.
+
+    Callers pass rows sorted by their conflict key, so that two transactions upserting
+    overlapping rows lock them in one order and never deadlock each other.
     """
     columns = tuple(rows[0])
+    if any(tuple(row) != columns for row in rows):
+        raise ValueError("insert_many: every row needs the same columns in the same order")
     if connection.dialect.name != "postgresql":
         return connection.execute(finish(sqlite.insert(table)), rows)
+    payload = json.dumps(rows, default=_json_value)
+    if "\\u0000" in payload:
+        # PostgreSQL would refuse it with an error quoting the JSON around it, patients'
+        # details included, which would then travel into logs and dead-letter reasons.
+        raise ValueError("a NUL character cannot be stored")
     insert = postgresql.insert(table).from_select(columns, _json_rows(table, columns))
-    return connection.execute(finish(insert), {"rows": json.dumps(rows, default=_json_value)})
+    return connection.execute(finish(insert), {"rows": payload})
 
 
 @functools.cache
@@ -275,7 +285,7 @@ class ProcessedEvents:
         return set(insert_many(
             self._connection, self._table,
             [{"consumer": consumer, "event_id": event_id, "processed_at": now}
-             for event_id in event_ids],
+             for event_id in sorted(event_ids)],
             lambda insert: insert.on_conflict_do_nothing().returning(self._table.c.event_id),
         ).scalars())
 

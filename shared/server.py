@@ -35,7 +35,7 @@ def serve(factory: Callable, host: str, port: int, workers: int | None = None,
     # around a few database round trips. Measured at 50 connections (make bench), 8 threads
     # gave the same bookings per second as 2 but a p99 of ~200 ms against ~55 ms: threads
     # beyond what waits on the database only queue for their process's interpreter.
-    threads = threads or 2
+    threads = threads or int(os.environ.get("WEB_THREADS", 2))
     _Gunicorn(factory, {
         "bind": f"{host}:{port}",
         "workers": workers or int(os.environ.get("WEB_CONCURRENCY", cores * 2)),

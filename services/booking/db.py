@@ -7,6 +7,7 @@ thing); SQLite, the single-process embedded default, serialises writers instead.
 from __future__ import annotations
 
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from types import SimpleNamespace
@@ -361,8 +362,9 @@ _BOOKING_PARTIES_HOLDING_DIARY = _BOOKING_PARTIES.add_columns(
 
 
 def _diary_key(clinician_id: uuid.UUID) -> int:
-    """A signed 32-bit key from the clinician's id; two clinicians sharing one only take turns."""
-    return int.from_bytes(clinician_id.bytes[:4], "big", signed=True)
+    """A signed 32-bit key from all of the clinician's id (time-ordered ids share their first
+    bytes); two clinicians sharing a key only take turns."""
+    return int.from_bytes(zlib.crc32(clinician_id.bytes).to_bytes(4, "big"), "big", signed=True)
 
 
 _NEW_APPOINTMENT = {column.key: sa.bindparam(column.key, type_=column.type)

@@ -156,7 +156,7 @@ class MessageRepository:
                                           self._row(planned, fallback_of, self._clock.now()))
 
     def schedule_all(self, planned: list[PlannedMessage]) -> int:
-        """Store what an event plans in one statement; how many were new or revived.
+        """Store planned messages in one statement; how many were new or revived.
 
         A message stored already (same dedupe key) is skipped, unless that row was cancelled:
         then it is planned again. A reschedule cancels the old reminders and plans new ones,
@@ -176,11 +176,11 @@ class MessageRepository:
                 "provider_status")})
             return insert.on_conflict_do_update(
                 index_elements=[messages.c.dedupe_key], set_=revive,
-                where=messages.c.status == sa.literal_column(f"'{CANCELLED}'"),
+                where=messages.c.status == CANCELLED,
             ).returning(messages.c.id)
 
-        return len(insert_many(self._c, messages, [self._row(p, None, now) for p in planned],
-                               upsert).all())
+        rows = [self._row(p, None, now) for p in sorted(planned, key=lambda p: p.dedupe_key)]
+        return len(insert_many(self._c, messages, rows, upsert).all())
 
     @staticmethod
     def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime) -> dict:
@@ -436,7 +436,8 @@ class ContactRepository:
         rows = [dict(patient_id=patient_id, phone=contact.get("phone"),
                      email=contact.get("email"), sms_ok=bool(contact.get("sms")),
                      email_ok=bool(contact.get("email_ok")), updated_at=now)
-                for patient_id, contact in contacts_by_patient.items() if patient_id and contact]
+                for patient_id, contact in sorted(contacts_by_patient.items())
+                if patient_id and contact]
         if not rows:
             return
         insert_many(self._c, contacts, rows, lambda insert: insert.on_conflict_do_update(
@@ -491,12 +492,13 @@ class AppointmentStates:
         table = appointment_states
         return set(insert_many(self._c, table, [
             dict(appointment_id=appointment_id, status=status, event_time=event_time)
-            for appointment_id, status, event_time in changes],
+            for appointment_id, status, event_time in sorted(changes)],
             lambda insert: insert.on_conflict_do_update(
                 index_elements=[table.c.appointment_id],
                 set_={"status": insert.excluded.status, "event_time": insert.excluded.event_time},
                 where=table.c.event_time <= insert.excluded.event_time,
             ).returning(table.c.appointment_id)).scalars())
+
 
 class EarlyReports:
     def __init__(self, connection: Connection, clock: Clock):

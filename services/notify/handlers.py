@@ -63,7 +63,8 @@ def on_booked_many(events: list[Event], context) -> None:
     in turn: the same marks, the same guard against stale events, the same messages. Events
     about one appointment twice are left to `on_booked`, whose order then decides."""
     appointment_ids = [event.data.get("appointment_id") for event in events]
-    if None in appointment_ids or len(set(appointment_ids)) < len(events):
+    if not all(isinstance(i, str) for i in appointment_ids) or len(set(appointment_ids)) < len(
+            events):
         raise OneByOne()
     uow = context.uow()
     with uow:
@@ -72,8 +73,11 @@ def on_booked_many(events: list[Event], context) -> None:
         applied = uow.appointments.advance_all(
             [(event.data["appointment_id"], "booked", event.time) for event in events])
         events = [event for event in events if event.data["appointment_id"] in applied]
-        uow.contacts.remember_all({event.data.get("patient_id"): event.data.get("contact")
-                                   for event in events})  # the latest per patient
+        # The latest per patient, of those given: as `remember`, an event without a contact
+        # leaves the one stored before.
+        uow.contacts.remember_all({
+            event.data["patient_id"]: event.data["contact"] for event in events
+            if event.data.get("patient_id") and event.data.get("contact")})
         now = context.clock.now()
         _store(uow, [planned for event in events for planned in policy.plan_booked(
             event.data, now, context.offsets, context.quiet, context.tz)])

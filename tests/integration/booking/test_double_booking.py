@@ -218,7 +218,6 @@ def test_ten_parallel_cancels_of_one_appointment_announce_it_once(booking, live_
     assert events[-1]["data"]["reason"] == winner["cancel_reason"]
 
 
-
 def _waiting_on_advisory_lock(engine) -> int:
     with engine.connect() as connection:
         return connection.execute(sa.text(
@@ -246,13 +245,13 @@ def test_writes_into_one_diary_take_turns(pg_booking, write):
         return service.reschedule_appointment(uow, existing, nine, tz, clinician).id
 
     holder = BookingUnitOfWork(site.engine, site.clock)
-    with holder, ThreadPoolExecutor(max_workers=1) as pool:
+    # The pool outside: if an assertion fails, the holder lets go before the pool waits.
+    with ThreadPoolExecutor(max_workers=1) as pool, holder:
         holder.appointments.hold_diary(site.shah)
         assert write_into(site.whitfield)  # another diary: not held up
         waiting = pool.submit(write_into, site.shah)
-        for _ in range(300):
-            if _waiting_on_advisory_lock(site.engine) == 1:
-                break
+        deadline = time.monotonic() + 3
+        while _waiting_on_advisory_lock(site.engine) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _waiting_on_advisory_lock(site.engine) == 1 and not waiting.done()
         holder.rollback()

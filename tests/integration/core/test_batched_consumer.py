@@ -4,10 +4,13 @@ returns; a batch that fails is handed over one event at a time, so one bad event
 its own and the rest are handled once each."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pika
+import psycopg
+import sqlalchemy as sa
 from kombu import Connection
 
 from shared.clock import SystemClock
@@ -40,10 +43,12 @@ def _depth(amqp_url: str, queue: str) -> int:
         connection.close()
 
 
-def _consume_until(amqp_url: str, handlers, batch_handlers, done, timeout: float = 30.0):
+def _consume_until(amqp_url: str, handlers, batch_handlers, done, timeout: float = 30.0,
+                   consumer: EventConsumer | None = None):
     stop = threading.Event()
-    consumer = EventConsumer(amqp_url, "test", handlers, stop=stop, prefetch=20,
-                             batch_handlers=batch_handlers)
+    consumer = consumer or EventConsumer(amqp_url, "test", handlers, prefetch=20,
+                                         batch_handlers=batch_handlers)
+    consumer.stop = stop
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -124,4 +129,48 @@ def _parked(amqp_url: str) -> list[tuple[bytes, dict]]:
         parked.append((body, properties.headers))
     connection.close()
     return parked
+
+
+def test_a_batch_is_acked_only_after_its_handler_returns(amqp_url):
+    """The connection drops while the first batch is being handled: every event of it comes
+    back and is handled again (its effects are idempotent), none is lost."""
+    events = _events(60)
+    _publish(amqp_url, [(e.type, encode(e)) for e in events])
+    handled, batches = [], []
+
+    def many(batch):
+        batches.append([e.id for e in batch])
+        handled.extend(e.id for e in batch)
+        if len(batches) == 1:  # the socket dies before the batch can be acked
+            consumer._current_connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+
+    consumer = EventConsumer(amqp_url, "test", {HAPPENED: lambda e: handled.append(e.id)},
+                             prefetch=20, batch_handlers={HAPPENED: many})
+    _consume_until(amqp_url, None, None, lambda: set(handled) == {e.id for e in events},
+                   consumer=consumer)
+
+    first = batches[0]
+    assert len(first) > 1
+    assert all(handled.count(i) == 2 for i in first)  # redelivered: it had not been acked
+    assert sorted(set(handled)) == sorted(e.id for e in events)
+    assert _depth(amqp_url, queue_name("test")) == 0
+
+
+def test_a_database_error_is_parked_without_the_values_it_quotes(amqp_url):
+    event = _events(1)[0]
+    _publish(amqp_url, [(event.type, encode(event))])
+    refused = psycopg.errors.UniqueViolation(
+        'duplicate key value violates unique constraint "contacts_phone"\n'
+        "DETAIL:  Key (phone)=(+447400123456) already exists.")
+
+    def one(_event):
+        raise sa.exc.IntegrityError("INSERT INTO contacts ...", None, refused)
+
+    _consume_until(amqp_url, {HAPPENED: one}, {},
+                   lambda: _depth(amqp_url, dead_letter_queue_name("test")) == 1)
+
+    [(body, headers)] = _parked(amqp_url)
+    assert body == encode(event)
+    assert headers["x-clinic-error"] == (
+        "handler failed on delivery 5: UniqueViolation (SQLSTATE 23505)")
 

@@ -83,6 +83,9 @@ def _burst() -> tuple[list, list]:
                           patient_id="p-night"),  # its 2 h reminder falls at 21:00
         appointment_event("booked", new_id(), starts, NOW, patient_id="p-no-sms",
                           contact=contact(sms=False)),
+        # Booked again with no contact given: the one stored before stays, as one at a time.
+        appointment_event("booked", new_id(), starts + timedelta(days=2), NOW,
+                          patient_id="p-5", contact={}),
         redelivered,
         appointment_event("booked", cancelled_id, starts, NOW),
     ]
@@ -106,6 +109,7 @@ def test_a_burst_handled_as_one_batch_leaves_what_one_at_a_time_leaves(make_cont
     assert {row[1] for row in expected["messages"] if row[4] == late} == {"cancelled"}
     assert len(expected["messages"]) > 4 * 20
     assert ("p-3", "+447400200003", EMAIL, True, False) in expected["contacts"]
+    assert ("p-5", "+447400100005", "p5@example.org", True, True) in expected["contacts"]
 
 
 def test_handling_the_same_burst_again_changes_nothing(make_context):
@@ -117,12 +121,33 @@ def test_handling_the_same_burst_again_changes_nothing(make_context):
     assert _state(context) == first
 
 
-def test_two_bookings_of_one_appointment_are_left_to_be_handled_in_turn(make_context):
+@pytest.mark.parametrize("second_id", ["same", 12345])
+def test_events_it_cannot_treat_as_one_set_are_left_to_be_handled_in_turn(make_context,
+                                                                          second_id):
+    """Two bookings of one appointment (their order must decide), or an id that is not text
+    (the database would hand it back as text and the event would look stale)."""
     context = make_context()
     appointment = new_id()
     events = [appointment_event("booked", appointment, NOW + timedelta(days=3), NOW),
               appointment_event("booked", appointment, NOW + timedelta(days=4),
                                 NOW + timedelta(seconds=1))]
+    if second_id != "same":
+        events[1].data["appointment_id"] = second_id
     with pytest.raises(OneByOne):
         on_booked_many(events, context=context)
+    assert _state(context)["processed"] == []
+
+
+@pytest.mark.parametrize("make_context", ["postgresql"], indirect=True)
+def test_a_nul_character_is_refused_without_quoting_anyone_s_details(make_context):
+    """PostgreSQL would refuse it with an error quoting the rows around it; the error, which
+    reaches logs and dead-letter reasons, must name no one."""
+    context = make_context()
+    events = [appointment_event("booked", new_id(), NOW + timedelta(days=3), NOW,
+                                patient_id=f"p-{n}", contact=contact(
+                                    email=f"p{n}@example.org" + ("\x00" if n else "")))
+              for n in range(2)]
+    with pytest.raises(ValueError) as refused:
+        on_booked_many(events, context=context)
+    assert "example.org" not in str(refused.value) and "7400" not in str(refused.value)
     assert _state(context)["processed"] == []
