@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from kombu import Connection, Producer
 from kombu.mixins import ConsumerMixin
 
+from shared.db import describe_error
 from shared.events import Event, InvalidEvent, decode
 from shared.logging import get_logger
 from shared.messaging import (
@@ -64,16 +65,6 @@ def is_infrastructure_error(error: BaseException) -> bool:
     return isinstance(error, sa.exc.OperationalError) or (
         isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
     )
-
-
-def _describe(error: BaseException) -> str:
-    """What a parked message's reason says of the error. A database error is named by its
-    class and SQLSTATE only: PostgreSQL's message may quote the values it refused (a phone
-    number in a key, a row of JSON), and the reason travels into logs and message headers."""
-    if isinstance(error, sa.exc.DBAPIError):
-        orig = error.orig
-        return f"{type(orig).__name__} (SQLSTATE {getattr(orig, 'sqlstate', None)})"
-    return f"{type(error).__name__}: {error}"
 
 
 class EventConsumer(ConsumerMixin):
@@ -199,7 +190,7 @@ class EventConsumer(ConsumerMixin):
             self._handle(handler, event)
         except Exception as error:
             attempt = self._attempt(message, event)
-            reason = f"handler failed on delivery {attempt}: {_describe(error)}"
+            reason = f"handler failed on delivery {attempt}: {describe_error(error)}"
             log.warning("event.failed", type=event.type, event_id=event.id, attempt=attempt,
                         error=type(error).__name__)
             if attempt >= DELIVERY_LIMIT:

@@ -132,13 +132,27 @@ def insert_many(connection: Connection, table: sa.Table, rows: list[dict],
         raise ValueError("insert_many: every row needs the same columns in the same order")
     if connection.dialect.name != "postgresql":
         return connection.execute(finish(sqlite.insert(table)), rows)
-    payload = json.dumps(rows, default=_json_value)
-    if "\\u0000" in payload:
-        # PostgreSQL would refuse it with an error quoting the JSON around it, patients'
-        # details included, which would then travel into logs and dead-letter reasons.
-        raise ValueError("a NUL character cannot be stored")
+    for row in rows:
+        for value in row.values():
+            if type(value) is str and not _storable_text(value):
+                # PostgreSQL would refuse it with an error quoting the JSON around it, other
+                # patients' details included, into its log and ours.
+                raise ValueError("text with a NUL character or a lone surrogate")
     insert = postgresql.insert(table).from_select(columns, _json_rows(table, columns))
-    return connection.execute(finish(insert), {"rows": payload})
+    return connection.execute(finish(insert),
+                              {"rows": json.dumps(rows, default=_json_value)})
+
+
+def _storable_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @functools.cache
@@ -159,6 +173,25 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def describe_error(error: BaseException) -> str:
+    """An error as logs and dead-letter reasons may carry it. PostgreSQL's own message may
+    quote the values it refused (a phone number in a key, a row of JSON), so an error from
+    the server is named by its class, SQLSTATE, and the constraint and table it concerns;
+    one raised before the server saw anything (connection refused) keeps its first line."""
+    if not isinstance(error, sa.exc.DBAPIError) or error.orig is None:
+        return f"{type(error).__name__}: {error}"
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:
+        sqlite_name = getattr(orig, "sqlite_errorname", None)
+        return f"{type(orig).__name__}: {sqlite_name or str(orig).splitlines()[0][:200]}"
+    diag = getattr(orig, "diag", None)
+    names = [f"{what} {value}" for what, value in (
+        ("constraint", getattr(diag, "constraint_name", None)),
+        ("table", getattr(diag, "table_name", None))) if value]
+    return f"{type(orig).__name__} (SQLSTATE {sqlstate}{', ' if names else ''}{', '.join(names)})"
 
 
 def insert_ignoring_duplicates(connection: Connection, table: sa.Table, values: dict) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from shared.clock import Clock
-from shared.db import BigId, outbox_channel
+from shared.db import BigId, describe_error, outbox_channel
 from shared.logging import get_logger
 from shared.messaging import OutgoingMessage, Publisher
 
@@ -154,7 +154,7 @@ class OutboxRelay:
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5))
                 log.warning("outbox.retrying", service=self._service, error=type(error).__name__,
-                            detail=str(error)[:200], retry_in=delay)
+                            detail=describe_error(error)[:300], retry_in=delay)
                 self._publisher.close()
                 if isinstance(error, (sa.exc.OperationalError, psycopg.Error)):
                     self.leadership.release()

@@ -238,7 +238,9 @@ class MessageRepository:
 
     def for_appointment(self, appointment_id: str):
         return self._c.execute(sa.select(messages).where(
-            messages.c.appointment_id == appointment_id).order_by(messages.c.created_at)).all()
+            messages.c.appointment_id == appointment_id).order_by(
+                messages.c.created_at, messages.c.due_at, messages.c.kind, messages.c.channel,
+            )).all()
 
     def by_provider_id(self, provider_id: str, *, for_update: bool = False):
         statement = sa.select(messages).where(messages.c.provider_id == provider_id)
@@ -436,7 +438,8 @@ class ContactRepository:
         rows = [dict(patient_id=patient_id, phone=contact.get("phone"),
                      email=contact.get("email"), sms_ok=bool(contact.get("sms")),
                      email_ok=bool(contact.get("email_ok")), updated_at=now)
-                for patient_id, contact in sorted(contacts_by_patient.items())
+                for patient_id, contact in sorted(contacts_by_patient.items(),
+                                                  key=lambda item: str(item[0]))
                 if patient_id and contact]
         if not rows:
             return
@@ -492,7 +495,7 @@ class AppointmentStates:
         table = appointment_states
         return set(insert_many(self._c, table, [
             dict(appointment_id=appointment_id, status=status, event_time=event_time)
-            for appointment_id, status, event_time in sorted(changes)],
+            for appointment_id, status, event_time in sorted(changes, key=lambda c: str(c[0]))],
             lambda insert: insert.on_conflict_do_update(
                 index_elements=[table.c.appointment_id],
                 set_={"status": insert.excluded.status, "event_time": insert.excluded.event_time},

@@ -48,6 +48,7 @@ from services.notify.outcomes import (
 )
 from services.notify.senders import PermanentSendError, TransientSendError
 from services.notify.senders.email import message_id_header
+from shared.db import describe_error
 from shared.events import new_event
 from shared.logging import get_logger
 
@@ -148,7 +149,7 @@ class Scheduler:
                     failures += 1
                     delay = min(10.0, 0.2 * 2 ** min(failures, 6))
                     log.warning("scheduler.retrying", error=type(error).__name__,
-                                detail=str(error)[:200], retry_in=delay)
+                                detail=describe_error(error)[:300], retry_in=delay)
                     stop.wait(delay)
         finally:
             signal.close()

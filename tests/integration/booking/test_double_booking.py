@@ -250,7 +250,7 @@ def test_writes_into_one_diary_take_turns(pg_booking, write):
         holder.appointments.hold_diary(site.shah)
         assert write_into(site.whitfield)  # another diary: not held up
         waiting = pool.submit(write_into, site.shah)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 15  # leaves as soon as the writer is seen waiting
         while _waiting_on_advisory_lock(site.engine) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _waiting_on_advisory_lock(site.engine) == 1 and not waiting.done()

@@ -83,3 +83,23 @@ def test_a_database_error_does_not_carry_the_values_it_was_given(postgres_url):
         assert "+447400123456" not in str(raised.value)
     finally:
         engine.dispose()
+
+
+def test_a_refusal_quoting_the_value_is_described_by_names_only(postgres_url):
+    """PostgreSQL's own message quotes the refused key (DETAIL: Key (phone)=(...)), which
+    `hide_parameters` cannot hide: `describe_error` names the error, SQLSTATE, constraint
+    and table instead, for logs and dead-letter reasons."""
+    from shared.db import describe_error
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "CREATE TABLE contacts (phone text CONSTRAINT contacts_phone UNIQUE)"))
+            connection.execute(sa.text("INSERT INTO contacts VALUES ('+447400123456')"))
+        with pytest.raises(sa.exc.IntegrityError) as raised, engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO contacts VALUES ('+447400123456')"))
+        assert "+447400123456" in str(raised.value.orig)  # what we must not pass on
+        assert describe_error(raised.value) == (
+            "UniqueViolation (SQLSTATE 23505, constraint contacts_phone, table contacts)")
+    finally:
+        engine.dispose()

@@ -139,15 +139,31 @@ def test_events_it_cannot_treat_as_one_set_are_left_to_be_handled_in_turn(make_c
 
 
 @pytest.mark.parametrize("make_context", ["postgresql"], indirect=True)
-def test_a_nul_character_is_refused_without_quoting_anyone_s_details(make_context):
-    """PostgreSQL would refuse it with an error quoting the rows around it; the error, which
-    reaches logs and dead-letter reasons, must name no one."""
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"])
+def test_text_postgresql_would_refuse_is_refused_without_quoting_anyone_s_details(
+        make_context, bad):
+    """PostgreSQL would refuse a NUL or a lone surrogate with an error quoting the rows
+    around it; our error, which reaches logs and dead-letter reasons, names no one."""
     context = make_context()
     events = [appointment_event("booked", new_id(), NOW + timedelta(days=3), NOW,
                                 patient_id=f"p-{n}", contact=contact(
-                                    email=f"p{n}@example.org" + ("\x00" if n else "")))
+                                    email=f"p{n}@example.org" + (bad if n else "")))
               for n in range(2)]
     with pytest.raises(ValueError) as refused:
         on_booked_many(events, context=context)
     assert "example.org" not in str(refused.value) and "7400" not in str(refused.value)
     assert _state(context)["processed"] == []
+
+
+@pytest.mark.parametrize("make_context", ["postgresql"], indirect=True)
+def test_a_nul_inside_a_message_s_context_is_stored_as_any_other_text(make_context):
+    """The context is JSON text already, where a NUL is the escape \\u0000: PostgreSQL takes
+    it, so the booking is planned as usual."""
+    context = make_context()
+    events = [appointment_event("booked", new_id(), NOW + timedelta(days=3 + n), NOW,
+                                patient_id=f"p-{n}") for n in range(2)]
+    events[1].data["clinician_name"] = "Dr A\x00 Shah"
+    on_booked_many(events, context=context)
+    assert len(_state(context)["processed"]) == 2
+    assert {row[4] for row in _state(context)["messages"]} == {
+        e.data["appointment_id"] for e in events}
