@@ -43,7 +43,13 @@ def _environment(urls: dict[str, str], amqp_url: str, workdir: Path) -> dict:
 
 
 def _seed(env: dict) -> tuple[list[str], list[str], date]:
-    """Treatments, clinicians working 07:00-21:00 every day, patients; their ids."""
+    return seed_clinic(env, CLINICIANS, [_patient(n) for n in range(PATIENTS)])
+
+
+def seed_clinic(env: dict, clinicians: int, patients: list[dict]
+                ) -> tuple[list[str], list[str], date]:
+    """The demo treatments, `clinicians` working OPENS-CLOSES every day and `patients`:
+    their ids, and the first day to book (the day after tomorrow, clinic time)."""
     from services.booking import service
     from services.booking.app import bootstrap
     from services.booking.model import DEMO_TREATMENTS
@@ -57,12 +63,13 @@ def _seed(env: dict) -> tuple[list[str], list[str], date]:
             uow.commit()
         week = [{"weekday": day, "start": f"{OPENS:%H:%M}", "end": f"{CLOSES:%H:%M}"}
                 for day in range(7)]
-        clinicians = [str(service.add_clinician(context.uow(), f"Bench Clinician {n}", week).id)
-                      for n in range(CLINICIANS)]
-        patients = [str(service.register_patient(context.uow(), _patient(n), context.tz).id)
-                    for n in range(PATIENTS)]
+        clinician_ids = [
+            str(service.add_clinician(context.uow(), f"Bench Clinician {n}", week).id)
+            for n in range(clinicians)]
+        patient_ids = [str(service.register_patient(context.uow(), patient, context.tz).id)
+                       for patient in patients]
         first_day = context.clock.now().astimezone(context.tz).date() + timedelta(days=2)
-        return clinicians, patients, first_day
+        return clinician_ids, patient_ids, first_day
     finally:
         context.engine.dispose()
 

@@ -25,6 +25,7 @@ import requests
 
 from bench import notify_stack as stack
 from bench import processes
+from bench.booking import seed_clinic
 from bench.infra import postgres_databases, rabbitmq_vhost
 from bench.notify_stats import percentile
 from bench.report import Goal, Row
@@ -40,33 +41,15 @@ FLOOR_QUEUE = "clinic.bench-floor"
 def _seed(env: dict) -> tuple[str, list[tuple[str, str]]]:
     """The demo treatments, one clinician working 07:00-21:00 every day, BOOKINGS + 1
     patients who agreed to SMS and email: (clinician id, [(patient id, phone)])."""
-    from services.booking import service
-    from services.booking.app import bootstrap
-    from services.booking.model import DEMO_TREATMENTS
-    from shared.config import Config
-
-    context = bootstrap(Config.from_env(env))
-    try:
-        with context.uow() as uow:
-            for treatment in DEMO_TREATMENTS:
-                uow.treatments.save(treatment)
-            uow.commit()
-        week = [{"weekday": day, "start": "07:00", "end": "21:00"} for day in range(7)]
-        clinician = str(service.add_clinician(context.uow(), "Bench Clinician", week).id)
-        patients = []
-        for n in range(BOOKINGS + 1):
-            phone = f"+4474008{n:05d}"
-            patient = service.register_patient(context.uow(), {
-                "given_name": "Bench", "family_name": f"Patient {n}",
-                "date_of_birth": date(1970, 1 + n % 12, 1 + n % 28), "phone": phone,
-                "email": f"bench-e2e{n}@example.org",
-                "address": {"line1": f"{n} Bench Street", "line2": None, "city": "Bristol",
-                            "postcode": "BS1 5TR"},
-                "gp": None, "consent": {"sms": True, "email": True}}, context.tz)
-            patients.append((str(patient.id), phone))
-        return clinician, patients
-    finally:
-        context.engine.dispose()
+    phones = [f"+4474008{n:05d}" for n in range(BOOKINGS + 1)]
+    [clinician], patients, _ = seed_clinic(env, 1, [{
+        "given_name": "Bench", "family_name": f"Patient {n}",
+        "date_of_birth": date(1970, 1 + n % 12, 1 + n % 28), "phone": phone,
+        "email": f"bench-e2e{n}@example.org",
+        "address": {"line1": f"{n} Bench Street", "line2": None, "city": "Bristol",
+                    "postcode": "BS1 5TR"},
+        "gp": None, "consent": {"sms": True, "email": True}} for n, phone in enumerate(phones)])
+    return clinician, list(zip(patients, phones, strict=True))
 
 
 def _slots(count: int, tz: ZoneInfo) -> list[datetime]:
