@@ -110,12 +110,19 @@ def test_a_booking_handled_after_its_cancellation_sends_nothing(notifier):
     assert notifier.rows(kind="reminder") == [] and notifier.rows(kind="confirmation") == []
 
 
-def test_a_reminder_claimed_as_the_appointment_is_cancelled_is_not_sent(notifier):
+def _reminder_claimed(notifier):
+    """An SMS-only booking confirmed, then at its 48 h reminder's time a scheduler that has
+    claimed the reminder and not yet sent it: (appointment id, scheduler, reminder)."""
     appointment_id, _ = book(notifier, contact=contact(email_ok=False))
     notifier.dispatch()
     notifier.clock.set("2026-11-28T10:00:00+00:00")
     scheduler = notifier.scheduler()
     [reminder] = notifier.claim(scheduler)
+    return appointment_id, scheduler, reminder
+
+
+def test_a_reminder_claimed_as_the_appointment_is_cancelled_is_not_sent(notifier):
+    appointment_id, scheduler, reminder = _reminder_claimed(notifier)
     notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
     scheduler.deliver(reminder)
     assert not any("reminder" in m["body"] for m in notifier.sms_to())
@@ -456,11 +463,7 @@ def test_moved_and_moved_back_keeps_the_reminders(notifier):
 
 def test_a_cancellation_while_an_sms_waits_for_its_slot_stops_it(notifier):
     from services.notify.db import rate_limits
-    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
-    notifier.dispatch()
-    notifier.clock.set("2026-11-28T10:00:00+00:00")
-    scheduler = notifier.scheduler()
-    [reminder] = notifier.claim(scheduler)
+    appointment_id, scheduler, reminder = _reminder_claimed(notifier)
     with notifier.context.uow() as uow:
         uow.connection.execute(rate_limits.delete())     # other workers' SMS queued first
         uow.connection.execute(rate_limits.insert().values(
