@@ -6,12 +6,13 @@ repository maps rows to them explicitly, which keeps every statement visible and
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import select
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -407,6 +408,24 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self._transaction.rollback()
+
+
+@contextlib.contextmanager
+def one_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for a write that is one statement on PostgreSQL, and so atomic by itself.
+
+    PostgreSQL: autocommit, so the statement is its own transaction and costs one round trip
+    instead of three (psycopg sends `BEGIN` on its own before the first statement, and then
+    `COMMIT`). Only for a single statement: two in a row would commit separately. SQLite,
+    whose fallbacks may take several statements: one transaction, committed at the end.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+            return
+        with connection.begin():
+            yield connection
 
 
 def outbox_channel(service: str) -> str:

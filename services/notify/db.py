@@ -22,6 +22,7 @@ from services.notify.model.delivery import (
 from services.notify.model.policy import PlannedMessage
 from shared.clock import Clock
 from shared.db import (
+    Outbox,
     UnitOfWork,
     UTCDateTime,
     add_shared_tables,
@@ -29,6 +30,7 @@ from shared.db import (
     insert_many,
     outbox_channel,
 )
+from shared.events import encode
 
 metadata = sa.MetaData()
 shared_tables = add_shared_tables(metadata)
@@ -391,30 +393,119 @@ def _claimed(row) -> ClaimedMessage:
                           provider_status=row.provider_status)
 
 
-def reserve_slot(connection: Connection, name: str, now: datetime,
-                 interval: timedelta) -> datetime:
-    """The instant this caller may send, under a cap shared by every worker (GCRA).
-
-    Each caller takes the next free slot and moves it on by `interval`, under a row lock, so
-    the slots never overlap however many workers ask; the caller waits for its slot rather
-    than asking again, which costs one round trip per message.
-    """
-    if connection.dialect.name == "postgresql":
-        # One statement under the row's lock instead of insert, select for update, update:
-        # this runs before every SMS, so its round trips bound the rate under the cap.
-        taken = connection.execute(
-            postgresql.insert(rate_limits).values(name=name, next_slot_at=now + interval)
-            .on_conflict_do_update(index_elements=[rate_limits.c.name], set_={
-                "next_slot_at": sa.func.greatest(rate_limits.c.next_slot_at,
-                                                 sa.literal(now, UTCDateTime)) + interval})
-            .returning(rate_limits.c.next_slot_at)).scalar_one()
-        return taken - interval
+def _reserve_slot(connection: Connection, name: str, now: datetime,
+                  interval: timedelta) -> datetime:
+    """The instant this caller may send, under a cap shared by every worker (GCRA): each
+    caller takes the next free slot and moves it on by `interval`, so slots never overlap
+    however many ask; the caller waits for its slot rather than asking again. SQLite only
+    (its writes are serialised); PostgreSQL's is one upsert in `start_sms_send`."""
     insert_ignoring_duplicates(connection, rate_limits, dict(name=name, next_slot_at=now))
     query = sa.select(rate_limits.c.next_slot_at).where(rate_limits.c.name == name)
     slot = max(connection.execute(query).scalar_one(), now)
     connection.execute(rate_limits.update().where(rate_limits.c.name == name)
                        .values(next_slot_at=slot + interval))
     return slot
+
+
+# --- the send path: one statement each on PostgreSQL ------------------------------------
+# Run through `shared.db.one_statement`, so each costs one round trip: these run around every
+# message sent, and with a provider as fast as a local one they bound the rate.
+
+def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
+                   now: datetime, lease: timedelta, interval: timedelta
+                   ) -> tuple[datetime, bool | None]:
+    """Take the SMS cap's next slot (`_reserve_slot`) and, when that slot is now, begin the send
+    (`begin_send`) in the same statement. The slot, and whether the send began: None when the
+    slot is later, so the caller waits for it and begins then; a send is never begun before
+    its wait (a cancellation or STOP during the wait must still find it not begun)."""
+    if connection.dialect.name != "postgresql":
+        slot = _reserve_slot(connection, "sms", now, interval)
+        if slot > now:
+            return slot, None
+        return slot, MessageRepository(connection, _FixedClock(now)).begin_send(
+            message_id, token, lease)
+    slot, begun = connection.execute(_START_SMS_SEND, dict(
+        name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
+        token=token)).one()
+    return slot, (begun if slot <= now else None)
+
+
+_START_SMS_SEND = sa.text(f"""
+    WITH slot AS (     -- one upsert under the row's lock: no slot is handed out twice
+        INSERT INTO rate_limits (name, next_slot_at) VALUES (:name, :now + :interval)
+        ON CONFLICT (name) DO UPDATE
+           SET next_slot_at = greatest(rate_limits.next_slot_at, :now) + :interval
+        RETURNING next_slot_at - :interval AS at),
+    begun AS (
+        UPDATE messages
+           SET sending_at = :now, lease_until = :lease_until, updated_at = :now,
+               attempts = attempts + 1
+         WHERE id = :id AND claim_token = :token AND status = '{SENDING}'
+           AND (SELECT at FROM slot) <= :now
+        RETURNING id)
+    SELECT (SELECT at FROM slot), EXISTS (SELECT 1 FROM begun)
+""").bindparams(sa.bindparam("now", type_=UTCDateTime),
+                sa.bindparam("lease_until", type_=UTCDateTime),
+                sa.bindparam("interval", type_=sa.Interval),
+                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid)
+                ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean))
+
+
+def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
+                now: datetime, provider_id: str | None, provider_status: str,
+                event) -> bool:
+    """The message `sent` and its `notify.message.sent` event in the outbox, together, if the
+    claim is still ours: on PostgreSQL one statement, the event's row (and the relay's wake-up)
+    inserted only when the update matched."""
+    if connection.dialect.name != "postgresql":
+        clock = _FixedClock(now)
+        settled = MessageRepository(connection, clock).settle(
+            message_id, token, status=SENT, sent_at=now, provider_id=provider_id,
+            provider_status=provider_status, error=None, error_code=None)
+        if settled:
+            Outbox(connection, shared_tables.outbox, clock, outbox_channel("notify")).add(event)
+        return settled
+    return connection.execute(_RECORD_SENT, dict(
+        id=message_id, token=token, now=now, provider_id=provider_id,
+        provider_status=provider_status, event_id=event.id, type=event.type,
+        subject=event.subject, body=encode(event), channel=outbox_channel("notify"),
+    )).rowcount == 1
+
+
+_RECORD_SENT = sa.text(f"""
+    WITH settled AS (
+        UPDATE messages
+           SET status = '{SENT}', sent_at = :now, provider_id = :provider_id,
+               provider_status = :provider_status, error = NULL, error_code = NULL,
+               claim_token = NULL, lease_until = NULL, updated_at = :now
+         WHERE id = :id AND claim_token = :token AND status = '{SENDING}'
+        RETURNING id)
+    INSERT INTO {shared_tables.outbox.name} (event_id, type, subject, body, created_at)
+    SELECT :event_id, :type, :subject, :body, :now
+      FROM settled, pg_notify(:channel, '')
+""").bindparams(sa.bindparam("now", type_=UTCDateTime),
+                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid))
+
+
+def has_early_reports(connection: Connection, provider_id: str) -> bool:
+    """Whether a status report came before the sid was recorded: almost never, so the sender
+    asks with one read and takes them (`EarlyReports.take`, in a transaction) only if so."""
+    return connection.execute(_HAS_EARLY_REPORTS, {"provider_id": provider_id}
+                              ).first() is not None
+
+
+# Built once: building a statement costs more Python than running it, on this path.
+_HAS_EARLY_REPORTS = sa.select(sa.literal(1)).where(
+    early_reports.c.provider_id == sa.bindparam("provider_id")).limit(1)
+
+
+@dataclass(frozen=True)
+class _FixedClock:
+    """The instant a one-statement write was asked at, for the repositories' SQLite paths."""
+    instant: datetime
+
+    def now(self) -> datetime:
+        return self.instant
 
 
 class ContactRepository:

@@ -34,8 +34,10 @@ from services.notify.db import (
     claim_due,
     early_reports,
     expired_leases,
+    has_early_reports,
     messages,
-    reserve_slot,
+    record_sent,
+    start_sms_send,
     webhook_receipts,
 )
 from services.notify.model import backoff_delay
@@ -48,7 +50,7 @@ from services.notify.outcomes import (
 )
 from services.notify.senders import PermanentSendError, TransientSendError
 from services.notify.senders.email import message_id_header
-from shared.db import describe_error
+from shared.db import describe_error, one_statement
 from shared.events import new_event
 from shared.logging import get_logger
 
@@ -230,14 +232,8 @@ class Scheduler:
             return
         if not self._still_timely(message):
             return
-        if message.channel == "sms":
-            self._wait_for_send_slot()
-        # After any wait for the cap, so a cancellation or STOP during the wait still finds
-        # the message not begun (`sending_at` unset) and stops it.
-        with self.context.uow() as uow:
-            if not uow.messages.begin_send(message.id, self.token, self.lease):
-                return
-            uow.commit()
+        if not self._begin(message):
+            return                          # cancelled, opted out or taken over meanwhile
         try:
             result = self._send(message, rendered)
         except ClaimLost:
@@ -272,13 +268,25 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _wait_for_send_slot(self) -> None:
+    def _begin(self, message: ClaimedMessage) -> bool:
+        """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
+        during the wait still finds the message not begun and stops it. When the slot is now
+        (no wait), slot and beginning are one statement."""
+        if message.channel == "sms":
+            now = self.context.clock.now()
+            with one_statement(self.context.engine) as connection:
+                slot, begun = start_sms_send(connection, message.id, self.token, now,
+                                             self.lease, self.interval)
+            if begun is not None:
+                return begun
+            wait = (slot - self.context.clock.now()).total_seconds()
+            if wait > 0:
+                time.sleep(wait)
         with self.context.uow() as uow:
-            slot = reserve_slot(uow.connection, "sms", uow.clock.now(), self.interval)
+            if not uow.messages.begin_send(message.id, self.token, self.lease):
+                return False
             uow.commit()
-        wait = (slot - self.context.clock.now()).total_seconds()
-        if wait > 0:
-            time.sleep(wait)
+        return True
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)
@@ -334,19 +342,21 @@ class Scheduler:
     # --- outcomes ----------------------------------------------------------------------------
 
     def _sent(self, message: ClaimedMessage, provider_id: str | None, status: str) -> None:
-        with self.context.uow() as uow:
-            if uow.messages.settle(message.id, self.token, status=SENT,
-                                   sent_at=uow.clock.now(), provider_id=provider_id,
-                                   provider_status=status, error=None, error_code=None):
-                uow.outbox.add(self._event("notify.message.sent", message, uow.clock,
-                                           provider_id=provider_id, status=SENT))
-            uow.commit()
+        clock = self.context.clock
+        event = self._event("notify.message.sent", message, clock, provider_id=provider_id,
+                            status=SENT)
+        with one_statement(self.context.engine) as connection:
+            record_sent(connection, message.id, self.token, clock.now(), provider_id, status,
+                        event)
         if provider_id:
             # After the sid is committed, so a report stored by a webhook that could not see
             # it yet is found here, or that webhook finds the sid: one of the two applies it.
-            with self.context.uow() as uow:
-                apply_early_reports(uow, self.context.texts, message.id, provider_id)
-                uow.commit()
+            with one_statement(self.context.engine) as connection:
+                early = has_early_reports(connection, provider_id)
+            if early:
+                with self.context.uow() as uow:
+                    apply_early_reports(uow, self.context.texts, message.id, provider_id)
+                    uow.commit()
         log.info("message.sent", message_id=str(message.id), kind=message.kind,
                  channel=message.channel, provider_id=provider_id)
 

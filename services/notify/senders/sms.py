@@ -41,6 +41,20 @@ class BaseUrlHttpClient(TwilioHttpClient):
                 raise ValueError(f"TWILIO_API_BASE_URL must be an http(s) URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/") if base_url else None
         self._local = threading.local()
+        self._read_environment_once()
+
+    def _read_environment_once(self) -> None:
+        """requests reads proxy and CA-bundle settings from os.environ on every request (a
+        scan of the whole environment, several times a send's own cost in Python); they are
+        read once here instead, for the one host this client talks to (honouring NO_PROXY),
+        and the session stops looking. A process's environment does not change under it."""
+        if self.session is None:
+            return
+        target = self.base_url or "https://api.twilio.com"
+        settings = self.session.merge_environment_settings(target, {}, None, None, None)
+        self.proxy = {**settings["proxies"], **self.proxy}
+        self.session.verify = settings["verify"]
+        self.session.trust_env = False
 
     def rewrite(self, url: str) -> str:
         if self.base_url is None:

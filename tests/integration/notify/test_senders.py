@@ -273,6 +273,36 @@ class TestBaseUrlHttpClient:
         with pytest.raises(ValueError):
             BaseUrlHttpClient("127.0.0.1:8099")
 
+    def test_a_proxy_set_in_the_environment_at_start_is_used(self, monkeypatch,
+                                                             webhook_receiver):
+        """Proxy settings are read once, when the client is made (requests would scan the
+        environment on every send): a proxy set then carries every later request."""
+        host, port = webhook_receiver.server_address[:2]
+        monkeypatch.setenv("HTTP_PROXY", f"http://{host}:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        client = BaseUrlHttpClient("http://twilio.invalid:8099")
+        monkeypatch.delenv("HTTP_PROXY")
+        try:
+            response = client.request("POST", "https://api.twilio.com/2010-04-01/x.json",
+                                      data={"To": "+447400123456"})
+        finally:
+            client.close()
+        assert response.status_code == 204
+        [(path, form, _)] = webhook_receiver.received
+        assert path == "http://twilio.invalid:8099/2010-04-01/x.json"   # proxy's absolute form
+        assert form == {"To": "+447400123456"}
+
+    def test_no_proxy_for_the_api_host_goes_direct(self, monkeypatch, twilio):
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")      # nothing listens there
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        sms = TwilioSms(twilio.account_sid, twilio.auth_token, from_number=CLINIC,
+                        api_base_url=twilio.base_url, timeout=3)
+        try:
+            assert sms.send_sms(PATIENT, "Hello", None).provider_id.startswith("SM")
+        finally:
+            sms.close()
+
 
 # --- the fake's webhooks, for notify's tests ----------------------------------------------------
 

@@ -2,6 +2,7 @@
 on PostgreSQL. Replies reach booking as events; delivery reports move messages on, never back."""
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -185,20 +186,24 @@ def test_a_report_for_a_message_we_do_not_know_is_accepted_and_ignored(notifier,
 
 def test_the_sms_cap_spaces_sends_across_workers(notifier):
     """SMS_MAX_PER_SECOND holds across workers: each send takes the next slot in the
-    database, so the slots handed out are 1/rate apart whoever asks."""
-    from services.notify.db import reserve_slot
+    database, so the slots handed out are 1/rate apart whoever asks. A send whose slot is
+    later is not begun: its sender waits first."""
+    from services.notify.db import start_sms_send
+    from shared.db import one_statement
     interval = timedelta(milliseconds=250)
     now = notifier.clock.now()
-    slots = []
+    taken = []
     for _ in range(8):
-        with notifier.context.uow() as uow:
-            slots.append(reserve_slot(uow.connection, "sms", now, interval))
-            uow.commit()
-    assert slots == [now + n * interval for n in range(8)]
+        with one_statement(notifier.context.engine) as connection:
+            taken.append(start_sms_send(connection, uuid.uuid4(), uuid.uuid4(), now,
+                                        timedelta(seconds=60), interval))
+    assert [slot for slot, _ in taken] == [now + n * interval for n in range(8)]
+    # The first slot was now, but no such message was claimed: not begun. The rest wait.
+    assert [begun for _, begun in taken] == [False] + [None] * 7
     notifier.clock.advance(timedelta(seconds=10))
-    with notifier.context.uow() as uow:
-        assert reserve_slot(uow.connection, "sms", notifier.clock.now(), interval) == (
-            notifier.clock.now())
+    with one_statement(notifier.context.engine) as connection:
+        assert start_sms_send(connection, uuid.uuid4(), uuid.uuid4(), notifier.clock.now(),
+                              timedelta(seconds=60), interval) == (notifier.clock.now(), False)
 
 
 def test_stop_while_an_sms_is_claimed_but_not_begun_stops_it(notifier, client):

@@ -1,0 +1,152 @@
+"""The statements around every send (`start_sms_send`, `record_sent`, `has_early_reports`):
+one statement each on PostgreSQL, a short transaction on SQLite, the same outcome on both.
+A claim that is no longer ours records nothing, and a send is never begun before its slot."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from services.notify.db import (
+    PENDING,
+    SENDING,
+    SENT,
+    NotifyUnitOfWork,
+    claim_due,
+    early_reports,
+    has_early_reports,
+    messages,
+    record_sent,
+    shared_tables,
+    start_sms_send,
+)
+from services.notify.model.policy import PlannedMessage
+from shared.clock import FixedClock
+from shared.db import make_engine, one_statement
+from shared.events import new_event
+from shared.migrations import upgrade
+
+NOW = datetime.fromisoformat("2026-11-26T09:00:00+00:00")
+LEASE = timedelta(seconds=60)
+NO_CAP = timedelta(0)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path, make_postgres_url):
+    url = (f"sqlite:///{tmp_path / 'notify.sqlite3'}" if request.param == "sqlite"
+           else make_postgres_url())
+    engine = make_engine(url)
+    upgrade(engine, "notify")
+    yield engine
+    engine.dispose()
+
+
+def claimed(engine, count: int = 1) -> tuple[uuid.UUID, list]:
+    """`count` due SMS, claimed by a new token."""
+    clock = FixedClock(NOW)
+    with NotifyUnitOfWork(engine, clock) as uow:
+        for n in range(count):
+            uow.messages.schedule(PlannedMessage(
+                kind="reminder", channel="sms", to=f"+4474001{n:05d}", due_at=NOW,
+                appointment_id=f"a-{n}", patient_id=f"p-{n}", context={},
+                dedupe_key=f"a-{n}:reminder:sms"))
+        uow.commit()
+    token = uuid.uuid4()
+    with engine.begin() as connection:
+        return token, claim_due(connection, NOW, count, LEASE, token)
+
+
+def row(engine, message_id):
+    with engine.connect() as connection:
+        return connection.execute(sa.select(messages).where(messages.c.id == message_id)).one()
+
+
+def outbox_types(engine) -> list[str]:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(shared_tables.outbox.c.type)).scalars().all()
+
+
+def sent_event(message_id):
+    return new_event("/notify", "notify.message.sent", str(message_id),
+                     {"message_id": str(message_id)}, FixedClock(NOW))
+
+
+def test_a_send_whose_slot_is_now_begins_in_the_same_statement(engine):
+    token, [message] = claimed(engine)
+    with one_statement(engine) as connection:
+        assert start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP) == (NOW, True)
+    begun = row(engine, message.id)
+    assert (begun.status, begun.sending_at, begun.attempts) == (SENDING, NOW, 1)
+    assert begun.lease_until == NOW + LEASE
+
+
+def test_a_send_whose_slot_is_later_is_not_begun(engine):
+    """Under the cap the second sender waits for its slot before anything is committed, so
+    a cancellation during the wait still finds the message not begun."""
+    token, [first, second] = claimed(engine, 2)
+    interval = timedelta(seconds=1)
+    with one_statement(engine) as connection:
+        assert start_sms_send(connection, first.id, token, NOW, LEASE, interval) == (NOW, True)
+        assert start_sms_send(connection, second.id, token, NOW, LEASE, interval) == (
+            NOW + interval, None)
+    assert row(engine, second.id).sending_at is None
+
+
+def test_a_claim_taken_over_begins_nothing_and_records_nothing(engine):
+    token, [message] = claimed(engine)
+    stranger = uuid.uuid4()
+    with one_statement(engine) as connection:
+        assert start_sms_send(connection, message.id, stranger, NOW, LEASE, NO_CAP) == (
+            NOW, False)
+    with one_statement(engine) as connection:
+        assert not record_sent(connection, message.id, stranger, NOW, "SM1", "queued",
+                               sent_event(message.id))
+    assert row(engine, message.id).sending_at is None
+    assert outbox_types(engine) == []
+
+
+def test_recording_a_send_settles_it_with_its_event_once(engine):
+    token, [message] = claimed(engine)
+    with one_statement(engine) as connection:
+        start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP)
+    later = NOW + timedelta(seconds=1)
+    with one_statement(engine) as connection:
+        assert record_sent(connection, message.id, token, later, "SM" + "a" * 32, "queued",
+                           sent_event(message.id))
+    with one_statement(engine) as connection:   # a second record (a retry) finds it settled
+        assert not record_sent(connection, message.id, token, later, "SM" + "a" * 32,
+                               "queued", sent_event(message.id))
+    sent = row(engine, message.id)
+    assert (sent.status, sent.sent_at, sent.provider_id, sent.provider_status) == (
+        SENT, later, "SM" + "a" * 32, "queued")
+    assert (sent.claim_token, sent.lease_until) == (None, None)
+    assert outbox_types(engine) == ["notify.message.sent"]
+
+
+def test_early_reports_are_found_by_sid(engine):
+    with engine.begin() as connection:
+        connection.execute(early_reports.insert().values(
+            provider_id="SM1", status="delivered", received_at=NOW))
+    with one_statement(engine) as connection:
+        assert has_early_reports(connection, "SM1")
+        assert not has_early_reports(connection, "SM2")
+
+
+def test_one_statement_commits_a_single_write_on_its_own(engine):
+    """PostgreSQL runs it in autocommit; SQLite in a transaction committed at the end. Either
+    way the write is there for another connection once the block ends, and the pooled
+    connection goes back to transactions for the next user."""
+    token, [message] = claimed(engine)
+    single = make_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+    try:                                    # one pooled connection: the same one each time
+        with one_statement(single) as connection:
+            start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP)
+        assert row(engine, message.id).status == SENDING
+        with single.connect() as connection:
+            connection.execute(messages.update().values(status=PENDING))
+            connection.rollback()
+    finally:
+        single.dispose()
+    assert row(engine, message.id).status == SENDING
