@@ -11,7 +11,6 @@ from __future__ import annotations
 import select
 import threading
 import zlib
-from datetime import timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -126,16 +125,6 @@ class OutboxRelay:
             connection.execute(self._mark_published, {
                 "ids": [row.id for row in rows], "published_at": self._clock.now()})
         return len(rows)
-
-    def prune(self, keep: timedelta = timedelta(days=7)) -> int:
-        """Published rows are history, not work: keep a week for tracing, then drop them."""
-        with self._engine.begin() as connection:
-            return connection.execute(
-                self._table.delete().where(
-                    self._table.c.published_at.is_not(None),
-                    self._table.c.published_at < self._clock.now() - keep,
-                )
-            ).rowcount
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         failures = 0

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from shared.clock import Clock
 from shared.consumer import EventConsumer
 from shared.db import SharedTables
+from shared.housekeeping import Housekeeping
 from shared.logging import get_logger
 from shared.messaging import Publisher
 from shared.outbox import OutboxRelay
@@ -35,7 +36,9 @@ def background_threads(service: str, amqp_url: str, engine: sa.Engine, tables: S
     publishes (see `Publisher`)."""
     relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url, topology=topology), clock,
                         service)
-    loops: list[tuple[str, Callable]] = [("relay", lambda: relay.run(stop))]
+    history = Housekeeping(engine, tables, clock, service)
+    loops: list[tuple[str, Callable]] = [("relay", lambda: relay.run(stop)),
+                                         ("housekeeping", lambda: history.run(stop))]
     if handlers:
         consumer = EventConsumer(amqp_url, service, handlers, stop=stop,
                                  batch_handlers=batch_handlers)
