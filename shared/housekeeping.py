@@ -1,6 +1,6 @@
 """History that only grows, dropped once it can no longer matter: published outbox rows,
 processed-event marks and `Idempotency-Key` answers. Every worker process runs this hourly;
-two running it at once delete the same rows, which is harmless.
+workers running it at once skip each other's rows.
 
 How long each is kept, and why, is in docs/architecture.md ("Retention").
 """
@@ -37,8 +37,11 @@ class Housekeeping:
     service: str
     batch: int = BATCH
 
-    def prune(self) -> dict[str, int]:
-        """Rows dropped per table. In batches, so no delete holds many locks for long."""
+    def prune(self, stop: threading.Event | None = None) -> dict[str, int]:
+        """Rows dropped per table. In batches, so no delete holds many locks for long; rows
+        another worker is deleting right now are skipped, not waited for (or deadlocked on).
+        `stop` ends it between batches."""
+        self._stop = stop or threading.Event()
         now = self.clock.now()
         outbox, processed = self.tables.outbox, self.tables.processed_events
         keys = self.tables.idempotency_keys
@@ -53,8 +56,8 @@ class Housekeeping:
                 keys, [keys.c.scope, keys.c.key], keys.c.created_at < now - KEEP_IDEMPOTENCY_KEYS),
         }
 
-    def _drop(self, table: sa.Table, key: list[sa.Column], old) -> int:
-        batch = sa.select(*key).where(old).limit(self.batch)
+    def _drop(self, table: sa.Table, key: list[sa.Column], old: sa.ColumnElement[bool]) -> int:
+        batch = sa.select(*key).where(old).limit(self.batch).with_for_update(skip_locked=True)
         statement = table.delete().where(sa.tuple_(*key).in_(batch) if len(key) > 1
                                          else key[0].in_(batch))
         dropped = 0
@@ -62,14 +65,14 @@ class Housekeeping:
             with self.engine.begin() as connection:
                 count = connection.execute(statement).rowcount
             dropped += count
-            if count < self.batch:
+            if count < self.batch or self._stop.is_set():
                 return dropped
 
     def run(self, stop: threading.Event) -> None:
         """Prune at start (a worker restarted often still prunes) and then hourly."""
         while not stop.is_set():
             try:
-                dropped = self.prune()
+                dropped = self.prune(stop)
                 if any(dropped.values()):
                     log.info("history.pruned", service=self.service, **dropped)
                 wait = EVERY_SECONDS

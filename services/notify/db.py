@@ -30,7 +30,7 @@ from shared.db import (
     insert_many,
     outbox_channel,
 )
-from shared.events import encode
+from shared.events import Event, encode
 
 metadata = sa.MetaData()
 shared_tables = add_shared_tables(metadata)
@@ -415,19 +415,28 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
                    now: datetime, lease: timedelta, interval: timedelta
                    ) -> tuple[datetime, bool | None]:
     """Take the SMS cap's next slot (`_reserve_slot`) and, when that slot is now, begin the send
-    (`begin_send`) in the same statement. The slot, and whether the send began: None when the
-    slot is later, so the caller waits for it and begins then; a send is never begun before
-    its wait (a cancellation or STOP during the wait must still find it not begun)."""
+    (`begin_send`) in the same statement. The slot, and whether the send began: None when it
+    is still to begin, by `begin_send` after waiting for the slot. A send is never begun
+    before its wait (a cancellation or STOP during the wait must still find it not begun).
+
+    The cap's row is locked for the whole statement, so the statement never waits for
+    anything else: a message row locked by another transaction (a cancellation in progress)
+    is skipped, not waited for, and left to `begin_send`. Otherwise every worker's SMS would
+    queue behind that one transaction."""
     if connection.dialect.name != "postgresql":
         slot = _reserve_slot(connection, "sms", now, interval)
         if slot > now:
             return slot, None
         return slot, MessageRepository(connection, _FixedClock(now)).begin_send(
             message_id, token, lease)
-    slot, begun = connection.execute(_START_SMS_SEND, dict(
+    slot, begun, free = connection.execute(_START_SMS_SEND, dict(
         name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
         token=token)).one()
-    return slot, (begun if slot <= now else None)
+    if slot > now:
+        return slot, None               # wait for the slot, then begin
+    if begun or free:
+        return slot, begun              # False: the claim is gone or the message cancelled
+    return slot, None                   # the row was locked: `begin_send` waits for it
 
 
 _START_SMS_SEND = sa.text(f"""
@@ -436,24 +445,27 @@ _START_SMS_SEND = sa.text(f"""
         ON CONFLICT (name) DO UPDATE
            SET next_slot_at = greatest(rate_limits.next_slot_at, :now) + :interval
         RETURNING next_slot_at - :interval AS at),
+    target AS (
+        SELECT id FROM messages WHERE id = :id FOR UPDATE SKIP LOCKED),
     begun AS (
         UPDATE messages
            SET sending_at = :now, lease_until = :lease_until, updated_at = :now,
                attempts = attempts + 1
-         WHERE id = :id AND claim_token = :token AND status = '{SENDING}'
-           AND (SELECT at FROM slot) <= :now
+         WHERE id IN (SELECT id FROM target) AND claim_token = :token
+           AND status = '{SENDING}' AND (SELECT at FROM slot) <= :now
         RETURNING id)
-    SELECT (SELECT at FROM slot), EXISTS (SELECT 1 FROM begun)
+    SELECT (SELECT at FROM slot), EXISTS (SELECT 1 FROM begun), EXISTS (SELECT 1 FROM target)
 """).bindparams(sa.bindparam("now", type_=UTCDateTime),
                 sa.bindparam("lease_until", type_=UTCDateTime),
                 sa.bindparam("interval", type_=sa.Interval),
                 sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid)
-                ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean))
+                ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
+                          sa.column("free", sa.Boolean))
 
 
 def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
                 now: datetime, provider_id: str | None, provider_status: str,
-                event) -> bool:
+                event: Event) -> bool:
     """The message `sent` and its `notify.message.sent` event in the outbox, together, if the
     claim is still ours: on PostgreSQL one statement, the event's row (and the relay's wake-up)
     inserted only when the update matched."""
@@ -480,6 +492,7 @@ _RECORD_SENT = sa.text(f"""
                claim_token = NULL, lease_until = NULL, updated_at = :now
          WHERE id = :id AND claim_token = :token AND status = '{SENDING}'
         RETURNING id)
+    -- the columns shared.db's Outbox.add writes
     INSERT INTO {shared_tables.outbox.name} (event_id, type, subject, body, created_at)
     SELECT :event_id, :type, :subject, :body, :now
       FROM settled, pg_notify(:channel, '')

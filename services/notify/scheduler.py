@@ -346,9 +346,9 @@ class Scheduler:
         event = self._event("notify.message.sent", message, clock, provider_id=provider_id,
                             status=SENT)
         with one_statement(self.context.engine) as connection:
-            record_sent(connection, message.id, self.token, clock.now(), provider_id, status,
-                        event)
-        if provider_id:
+            recorded = record_sent(connection, message.id, self.token, clock.now(),
+                                   provider_id, status, event)
+        if recorded and provider_id:
             # After the sid is committed, so a report stored by a webhook that could not see
             # it yet is found here, or that webhook finds the sid: one of the two applies it.
             with one_statement(self.context.engine) as connection:

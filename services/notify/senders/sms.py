@@ -47,7 +47,9 @@ class BaseUrlHttpClient(TwilioHttpClient):
         """requests reads proxy and CA-bundle settings from os.environ on every request (a
         scan of the whole environment, several times a send's own cost in Python); they are
         read once here instead, for the one host this client talks to (honouring NO_PROXY),
-        and the session stops looking. A process's environment does not change under it."""
+        and the session stops looking. A process's environment does not change under it.
+        The one host: `base_url`, or api.twilio.com (the client is built with
+        `environment={}`, so TWILIO_EDGE / TWILIO_REGION never rename it)."""
         if self.session is None:
             return
         target = self.base_url or "https://api.twilio.com"

@@ -4,6 +4,7 @@ A claim that is no longer ours records nothing, and a send is never begun before
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
@@ -92,6 +93,30 @@ def test_a_send_whose_slot_is_later_is_not_begun(engine):
         assert start_sms_send(connection, second.id, token, NOW, LEASE, interval) == (
             NOW + interval, None)
     assert row(engine, second.id).sending_at is None
+
+
+def test_a_message_locked_elsewhere_is_not_waited_for_under_the_caps_lock(make_postgres_url):
+    """The statement holds the SMS cap's row: waiting there on a message row that another
+    transaction holds (a cancellation in progress) would stall every worker's SMS. It skips
+    the locked row and leaves the beginning to `begin_send`, which waits outside the cap."""
+    engine = make_engine(make_postgres_url())
+    upgrade(engine, "notify")
+    token, [message] = claimed(engine)
+    try:
+        with ThreadPoolExecutor(1) as pool, engine.connect() as holder:
+            holder.execute(sa.select(messages.c.id).where(messages.c.id == message.id)
+                           .with_for_update())
+
+            def start():
+                with one_statement(engine) as connection:
+                    return start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP)
+            assert pool.submit(start).result(timeout=5) == (NOW, None)
+            holder.rollback()
+        assert row(engine, message.id).sending_at is None
+        with NotifyUnitOfWork(engine, FixedClock(NOW)) as uow:
+            assert uow.messages.begin_send(message.id, token, LEASE)
+    finally:
+        engine.dispose()
 
 
 def test_a_claim_taken_over_begins_nothing_and_records_nothing(engine):
