@@ -7,6 +7,7 @@ sent with one write. On `memory://` (the embedded default) there is nothing to c
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -104,6 +105,51 @@ class _FrameBuffer:
         self.frames += frame  # a copy: py-amqp hands over a view of a buffer it reuses
 
 
+_FRAME_END = b"\xce"
+# content-type, content-encoding, headers, delivery-mode, message-id (AMQP 0-9-1 basic class)
+_PUBLISH_PROPERTY_FLAGS = 0x8000 | 0x4000 | 0x2000 | 0x1000 | 0x0080
+
+
+def _shortstr(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise ValueError("an AMQP short string holds at most 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
+class _PublishFrames:
+    """The frames `basic_publish` sends for a persistent event without headers, byte for byte
+    as py-amqp's `frame_writer` encodes them (tests/unit/core compares the two).
+
+    Every such event carries the same properties but its id, so they are encoded once per
+    connection, and the method frame once per routing key: py-amqp's generic encoding of
+    each message was a third of the relay's time.
+    """
+
+    def __init__(self, channel_id: int, frame_max: int):
+        self._channel = channel_id
+        self._chunk = frame_max - 8
+        self._properties = (struct.pack(">H", _PUBLISH_PROPERTY_FLAGS) + _shortstr(CONTENT_TYPE)
+                            + _shortstr("utf-8") + struct.pack(">I", 0) + b"\x02")
+        self._methods: dict[str, bytes] = {}
+
+    def add(self, out: bytearray, routing_key: str, body: bytes, message_id: str) -> None:
+        method = self._methods.get(routing_key)
+        if method is None:              # a handful of event types
+            payload = struct.pack(">HH", *spec.Basic.Publish) + dumps(
+                "Bssbb", (0, EXCHANGE, routing_key, False, False))
+            method = self._frame(1, payload)
+            self._methods[routing_key] = method
+        out += method
+        out += self._frame(2, struct.pack(">HHQ", spec.Basic.Publish[0], 0, len(body))
+                           + self._properties + _shortstr(message_id))
+        for start in range(0, len(body), self._chunk):
+            out += self._frame(3, body[start:start + self._chunk])
+
+    def _frame(self, kind: int, payload: bytes) -> bytes:
+        return struct.pack(">BHI", kind, self._channel, len(payload)) + payload + _FRAME_END
+
+
 class Publisher:
     """Publishes batches to `clinic.events`; returns only when every message is confirmed.
 
@@ -125,6 +171,7 @@ class Publisher:
         self._acked: set[int] = set()
         self._batch: _FrameBuffer | None = None
         self._encode = None
+        self._frames: _PublishFrames | None = None
         self._publish_arguments: dict[str, bytes] = {}
 
     @property
@@ -153,6 +200,8 @@ class Publisher:
         if self.confirms:
             self._batch = _FrameBuffer()
             self._encode = frame_writer(self._connection.connection, self._batch)
+            self._frames = _PublishFrames(self._channel.channel_id,
+                                          self._connection.connection.frame_max)
             self._channel.confirm_select()
             self._channel.events["basic_ack"].add(self._on_ack)
             self._channel.events["basic_nack"].add(self._on_nack)
@@ -204,6 +253,10 @@ class Publisher:
         """
         channel_id = self._channel.channel_id
         for message in messages:
+            if not message.headers:
+                self._frames.add(self._batch.frames, message.routing_key, message.body,
+                                 message.message_id)
+                continue
             arguments = self._publish_arguments.get(message.routing_key)
             if arguments is None:  # a handful of event types: encoded once each
                 arguments = dumps("Bssbb", (0, EXCHANGE, message.routing_key, False, False))
@@ -213,7 +266,7 @@ class Publisher:
                 amqp.Message(
                     message.body, content_type=CONTENT_TYPE, content_encoding="utf-8",
                     delivery_mode=2, message_id=message.message_id,
-                    application_headers=message.headers or {},
+                    application_headers=message.headers,
                 ),
             )
         try:
