@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import amqp
 from amqp import spec
@@ -89,6 +90,12 @@ class OutgoingMessage:
     body: bytes
     message_id: str
     headers: dict | None = None
+
+
+class InFlight(NamedTuple):
+    """A sent batch: the channel it went out on and its last delivery tag."""
+    channel: int
+    last_tag: int
 
 
 class PublishFailed(Exception):
@@ -172,6 +179,7 @@ class Publisher:
         self._batch: _FrameBuffer | None = None
         self._encode = None
         self._frames: _PublishFrames | None = None
+        self._channel_number = 0        # which channel this is, since the publisher was made
         self._publish_arguments: dict[str, bytes] = {}
 
     @property
@@ -207,6 +215,8 @@ class Publisher:
             self._channel.events["basic_nack"].add(self._on_nack)
             self._next_tag = self._confirmed_up_to = 0
             self._acked = set()
+            self._nacked = False
+        self._channel_number += 1
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         # Tags are sequential per channel; acks may arrive out of order only when not
@@ -224,8 +234,13 @@ class Publisher:
         self._nacked = True
 
     def publish(self, messages: list[OutgoingMessage]) -> None:
-        if not messages:
-            return
+        """Send a batch and return once the broker has confirmed all of it."""
+        if messages:
+            self.confirmed(self.send(messages))
+
+    def send(self, messages: list[OutgoingMessage]) -> InFlight:
+        """Write a batch without waiting for its confirms: pass the answer to `confirmed`.
+        Batches sent one after another on one channel reach the queues in that order."""
         self._open()
         if not self.confirms:
             producer = self._connection.Producer(channel=self._channel)
@@ -236,11 +251,29 @@ class Publisher:
                     message_id=message.message_id, headers=message.headers or {},
                     delivery_mode=2,
                 )
-            return
-        self._nacked = False
+            return InFlight(self._channel_number, 0)
         self._send_batch(messages)
         self._next_tag += len(messages)
-        self._wait_for_confirms()
+        return InFlight(self._channel_number, self._next_tag)
+
+    def confirmed(self, sent: InFlight) -> None:
+        """Wait until the broker has confirmed every message up to `sent`. PublishFailed if
+        it did not in time, nacked any message since the channel opened (the caller sends
+        the unconfirmed batches again: at least once), or the channel they went out on is
+        gone (its confirms went with it)."""
+        if not self.confirms:
+            return
+        if sent.channel != self._channel_number or self._connection is None:
+            raise PublishFailed("the channel closed before the batch was confirmed")
+        while self._confirmed_up_to < sent.last_tag and not self._nacked:
+            try:
+                self._connection.drain_events(timeout=self._confirm_timeout)
+            except TimeoutError as error:
+                self.close()
+                raise PublishFailed("broker did not confirm the batch in time") from error
+        if self._nacked:
+            self.close()
+            raise PublishFailed("broker nacked a message of the batch")
 
     def _send_batch(self, messages: list[OutgoingMessage]) -> None:
         """The frames `channel.basic_publish` would send, written with one syscall instead of
@@ -249,7 +282,7 @@ class Publisher:
         Flow control still holds: when RabbitMQ blocks a publishing connection (memory or disk
         alarm) it stops reading from it, so the write waits in TCP until it is unblocked, as
         every publish did before; the `connection.blocked` notice itself is still announced
-        and read, with the confirms, by `drain_events` in `_wait_for_confirms`.
+        and read, with the confirms, by `drain_events` in `confirmed`.
         """
         channel_id = self._channel.channel_id
         for message in messages:
@@ -273,14 +306,3 @@ class Publisher:
             self._connection.connection.transport.write(bytes(self._batch.frames))
         finally:
             self._batch.frames.clear()
-
-    def _wait_for_confirms(self) -> None:
-        while self._confirmed_up_to < self._next_tag and not self._nacked:
-            try:
-                self._connection.drain_events(timeout=self._confirm_timeout)
-            except TimeoutError as error:
-                self.close()
-                raise PublishFailed("broker did not confirm the batch in time") from error
-        if self._nacked:
-            self.close()
-            raise PublishFailed("broker nacked a message of the batch")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import threading
 import zlib
+from collections import deque
 
 import psycopg
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Engine
 from shared.clock import Clock
 from shared.db import BigId, describe_error, outbox_channel
 from shared.logging import get_logger
-from shared.messaging import OutgoingMessage, Publisher
+from shared.messaging import InFlight, OutgoingMessage, Publisher
 
 log = get_logger("outbox")
 
@@ -104,27 +105,53 @@ class OutboxRelay:
         else:
             batch = table.c.id.in_(sa.bindparam("ids", expanding=True))
         self._mark_published = table.update().where(batch)
+        self._pending = (sa.select(table.c.id, table.c.event_id, table.c.type, table.c.body)
+                         .where(table.c.published_at.is_(None),
+                                table.c.id > sa.bindparam("after", type_=BigId))
+                         .order_by(table.c.id).limit(batch_size))
+        self._drained = True
 
-    def publish_pending(self) -> int:
-        """Publish the oldest pending batch and mark it published; the count sent."""
-        table = self._table
+    def publish_pending(self, batches: int = 8) -> int:
+        """Publish pending rows in commit order, up to `batches` batches, marking each batch
+        published once the broker has confirmed it; the count published. Fewer than
+        `batches` full batches: the outbox is drained.
+
+        Two batches are in flight: the next is read and sent while the broker confirms the
+        one before, so the relay never waits on the database and the broker in turn. If a
+        confirm fails, the batches not yet marked go out again next time (at least once).
+        """
+        in_flight: deque[tuple[list[int], InFlight]] = deque()
+        published, after = 0, 0
+        try:
+            for _ in range(batches):
+                rows = self._pending_after(after)
+                if rows:
+                    in_flight.append(([row.id for row in rows], self._publisher.send(
+                        [OutgoingMessage(row.type, bytes(row.body), row.event_id)
+                         for row in rows])))
+                    after = rows[-1].id
+                if len(in_flight) > 1 or (in_flight and len(rows) < self._batch_size):
+                    published += self._mark_when_confirmed(*in_flight.popleft())
+                if len(rows) < self._batch_size:
+                    break
+            while in_flight:
+                published += self._mark_when_confirmed(*in_flight.popleft())
+        finally:
+            self._drained = published < batches * self._batch_size
+        return published
+
+    def _pending_after(self, after: int) -> list:
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(table.c.id, table.c.event_id, table.c.type, table.c.body)
-                .where(table.c.published_at.is_(None))
-                .order_by(table.c.id)
-                .limit(self._batch_size)
-            ).all()
+            rows = connection.execute(self._pending, {"after": after}).all()
             connection.rollback()
-        if not rows:
-            return 0
-        self._publisher.publish(
-            [OutgoingMessage(row.type, bytes(row.body), row.event_id) for row in rows]
-        )
+        return rows
+
+    def _mark_when_confirmed(self, ids: list[int], sent: InFlight) -> int:
+        self._publisher.confirmed(sent)
         with self._engine.begin() as connection:
             connection.execute(self._mark_published, {
-                "ids": [row.id for row in rows], "published_at": self._clock.now()})
-        return len(rows)
+                "ids": ids, "published_at": self._clock.now()})
+        return len(ids)
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         failures = 0
@@ -137,7 +164,7 @@ class OutboxRelay:
                 failures = 0
                 if sent:
                     log.debug("outbox.published", count=sent, service=self._service)
-                if sent < self._batch_size:
+                if self._drained:
                     self.leadership.wait_for_work(idle_wait, stop)
             except Exception as error:  # broker or database away: back off, keep the rows
                 failures += 1

@@ -12,7 +12,14 @@ from shared.clock import SystemClock
 from shared.consumer import EventConsumer
 from shared.db import UnitOfWork, add_shared_tables, make_engine, outbox_channel
 from shared.events import decode, new_event
-from shared.messaging import Publisher, dead_letter_queue_name, declare_topology, queue_name
+from shared.messaging import (
+    OutgoingMessage,
+    Publisher,
+    PublishFailed,
+    dead_letter_queue_name,
+    declare_topology,
+    queue_name,
+)
 from shared.outbox import OutboxRelay
 
 CLOCK = SystemClock()
@@ -66,8 +73,7 @@ def test_relay_publishes_in_commit_order_and_marks_rows(store, amqp_url):
     events = _write_events(engine, tables, 1200)
     relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test")
     assert relay.leadership.acquire()
-    assert relay.publish_pending() == 500
-    assert relay.publish_pending() == 500
+    assert relay.publish_pending(batches=2) == 1000     # two batches, pipelined
     assert relay.publish_pending() == 200
     assert relay.publish_pending() == 0
     received = _drain(channel, "watch", 1200)
@@ -79,6 +85,21 @@ def test_relay_publishes_in_commit_order_and_marks_rows(store, amqp_url):
     assert pending == 0
     relay.close()
     connection.close()
+
+
+def test_a_batch_whose_channel_closed_before_its_confirm_is_not_confirmed(amqp_url):
+    """Two batches in flight: if the channel goes (a broker restart) before the first is
+    confirmed, a later channel's confirms must not count for it, however the tags line up."""
+    publisher = Publisher(amqp_url)
+    message = OutgoingMessage("test.thing.happened", b"{}", "evt-1")
+    first = publisher.send([message])
+    publisher.close()
+    second = publisher.send([message])        # a new channel: its tags start again at 1
+    assert second.last_tag == first.last_tag
+    with pytest.raises(PublishFailed):
+        publisher.confirmed(first)
+    publisher.confirmed(second)
+    publisher.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -212,7 +233,6 @@ def test_an_event_published_before_its_consumer_ever_started_waits_in_its_queue(
     confirm and drop an event that reaches the exchange before its consumer's queue exists."""
     from services.topology import consumed_events
     from shared.events import encode
-    from shared.messaging import OutgoingMessage
 
     topology = consumed_events()
     event = new_event("/booking", "booking.appointment.booked", "a1", {"n": 1}, CLOCK)
