@@ -259,8 +259,9 @@ class Publisher:
     def confirmed(self, sent: InFlight) -> None:
         """Wait until the broker has confirmed every message up to `sent`. PublishFailed if
         it did not in time, nacked any message since the channel opened (the caller sends
-        the unconfirmed batches again: at least once), or the channel they went out on is
-        gone (its confirms went with it)."""
+        the unconfirmed batches again: at least once; a nack of a later batch fails this
+        one too, which only adds duplicates), or the channel they went out on is gone (its
+        confirms went with it)."""
         if not self.confirms:
             return
         if sent.channel != self._channel_number or self._connection is None:
@@ -285,6 +286,13 @@ class Publisher:
         and read, with the confirms, by `drain_events` in `confirmed`.
         """
         channel_id = self._channel.channel_id
+        try:
+            self._encode_all(channel_id, messages)
+            self._connection.connection.transport.write(bytes(self._batch.frames))
+        finally:    # a batch that failed half-encoded must not lead the next one
+            self._batch.frames.clear()
+
+    def _encode_all(self, channel_id: int, messages: list[OutgoingMessage]) -> None:
         for message in messages:
             if not message.headers:
                 self._frames.add(self._batch.frames, message.routing_key, message.body,
@@ -302,7 +310,3 @@ class Publisher:
                     application_headers=message.headers,
                 ),
             )
-        try:
-            self._connection.connection.transport.write(bytes(self._batch.frames))
-        finally:
-            self._batch.frames.clear()

@@ -53,7 +53,7 @@ class AdvisoryLockLeadership:
 
     def acquire(self) -> bool:
         if self._connection is not None:
-            if not self._connection.closed:
+            if self._still_held():
                 return True
             self.release()
         connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
@@ -65,6 +65,24 @@ class AdvisoryLockLeadership:
         self._connection = connection
         log.info("outbox.leading", channel=self._channel)
         return True
+
+    def _still_held(self) -> bool:
+        """The lock lives as long as its session. A session the server ended (a restart, a
+        terminated backend) is noticed here, between batches, as well as in `wait_for_work`,
+        which a relay kept busy never reaches: otherwise it would go on publishing beside the
+        standby that took the lock over. Costs a poll of the socket, and a round trip only
+        when the server has said something (notifications, or its goodbye, which reading
+        notifications alone does not notice)."""
+        connection = self._connection
+        try:
+            ready, _, _ = select.select([connection.fileno()], [], [], 0)
+            if ready:
+                connection.execute("SELECT 1")
+                for _ in connection.notifies(timeout=0):
+                    pass
+        except (psycopg.Error, OSError, ValueError):
+            return False
+        return not (connection.closed or connection.broken)
 
     def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
         """Block until a commit notifies, the timeout passes, or the connection drops."""
@@ -102,12 +120,18 @@ class OutboxRelay:
         # would render, convert and send anew.
         if engine.dialect.name == "postgresql":
             batch = table.c.id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(BigId)))
+            not_sending = sa.not_(table.c.id == sa.any_(
+                sa.bindparam("sending", type_=postgresql.ARRAY(BigId))))
         else:
             batch = table.c.id.in_(sa.bindparam("ids", expanding=True))
+            not_sending = table.c.id.not_in(sa.bindparam("sending", expanding=True))
         self._mark_published = table.update().where(batch)
+        # The lowest pending ids but those in flight, not "ids after the last batch": ids are
+        # given out at insert, not at commit, so a row can commit after higher ids were read.
+        # It goes out in the next batch, before any later event of its appointment (which is
+        # inserted only after it commits); skipping past it would reverse the two.
         self._pending = (sa.select(table.c.id, table.c.event_id, table.c.type, table.c.body)
-                         .where(table.c.published_at.is_(None),
-                                table.c.id > sa.bindparam("after", type_=BigId))
+                         .where(table.c.published_at.is_(None), not_sending)
                          .order_by(table.c.id).limit(batch_size))
         self._drained = True
 
@@ -121,15 +145,14 @@ class OutboxRelay:
         confirm fails, the batches not yet marked go out again next time (at least once).
         """
         in_flight: deque[tuple[list[int], InFlight]] = deque()
-        published, after = 0, 0
+        published = 0
         try:
             for _ in range(batches):
-                rows = self._pending_after(after)
+                rows = self._pending_but([id_ for ids, _ in in_flight for id_ in ids])
                 if rows:
                     in_flight.append(([row.id for row in rows], self._publisher.send(
                         [OutgoingMessage(row.type, bytes(row.body), row.event_id)
                          for row in rows])))
-                    after = rows[-1].id
                 if len(in_flight) > 1 or (in_flight and len(rows) < self._batch_size):
                     published += self._mark_when_confirmed(*in_flight.popleft())
                 if len(rows) < self._batch_size:
@@ -140,9 +163,9 @@ class OutboxRelay:
             self._drained = published < batches * self._batch_size
         return published
 
-    def _pending_after(self, after: int) -> list:
+    def _pending_but(self, sending: list[int]) -> list:
         with self._engine.connect() as connection:
-            rows = connection.execute(self._pending, {"after": after}).all()
+            rows = connection.execute(self._pending, {"sending": sending}).all()
             connection.rollback()
         return rows
 

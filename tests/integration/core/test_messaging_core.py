@@ -87,6 +87,43 @@ def test_relay_publishes_in_commit_order_and_marks_rows(store, amqp_url):
     connection.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_row_committed_behind_a_batch_in_flight_still_goes_before_later_events(store,
+                                                                                 amqp_url):
+    """Outbox ids are given out at insert, not at commit. Appointment A's first event takes
+    the lowest id but commits only while the batch after it is in flight; A's second event
+    is written after that. A must still be announced first then second."""
+    engine, tables, _ = store
+    connection, channel = _pika_channel(amqp_url)
+    channel.exchange_declare("clinic.events", "topic", durable=True)
+    channel.queue_declare("watch", exclusive=True)
+    channel.queue_bind("watch", "clinic.events", "#")
+    slow = UnitOfWork(engine, tables, CLOCK, outbox_channel("test")).__enter__()
+    first = new_event("/test", "test.thing.happened", "appointment-a", {"n": "first"}, CLOCK)
+    slow.outbox.add(first)                      # the lowest id, not yet committed
+    others = _write_events(engine, tables, 6, subject="others")
+    later = []
+
+    class CommitsWhileTheFirstBatchIsInFlight(Publisher):
+        def send(self, messages):
+            sent = super().send(messages)
+            if not later:
+                slow.commit()
+                slow.__exit__(None, None, None)
+                later.extend(_write_events(engine, tables, 1, subject="appointment-a"))
+            return sent
+
+    relay = OutboxRelay(engine, tables.outbox, CommitsWhileTheFirstBatchIsInFlight(amqp_url),
+                        CLOCK, "test", batch_size=3)
+    assert relay.leadership.acquire()
+    assert relay.publish_pending() == 8
+    order = [decode(body).id for _, body in _drain(channel, "watch", 8)]
+    assert sorted(order) == sorted([first.id, later[0].id] + [e.id for e in others])
+    assert order.index(first.id) < order.index(later[0].id)
+    relay.close()
+    connection.close()
+
+
 def test_a_batch_whose_channel_closed_before_its_confirm_is_not_confirmed(amqp_url):
     """Two batches in flight: if the channel goes (a broker restart) before the first is
     confirmed, a later channel's confirms must not count for it, however the tags line up."""
@@ -111,6 +148,27 @@ def test_only_one_relay_leads_and_a_standby_takes_over(store, amqp_url):
     assert not second.leadership.acquire()
     first.close()  # as when the leader's process dies and its connection drops
     assert second.leadership.acquire()
+    second.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_leader_whose_lock_session_ended_stops_leading_without_waiting_for_work(store,
+                                                                                  amqp_url):
+    """A busy relay goes from batch to batch without idling: it must still notice, between
+    batches, that the server ended its lock's session (and a standby took over)."""
+    engine, _, _ = store
+    first = OutboxRelay(engine, store[1].outbox, Publisher(amqp_url), CLOCK, "test")
+    second = OutboxRelay(engine, store[1].outbox, Publisher(amqp_url), CLOCK, "test")
+    assert first.leadership.acquire()
+    with engine.begin() as connection:
+        ended = connection.execute(sa.text(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())")).scalars().all()
+    assert ended == [True]
+    assert second.leadership.acquire()
+    assert not first.leadership.acquire()
+    first.close()
     second.close()
 
 
