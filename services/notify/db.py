@@ -20,7 +20,7 @@ from services.notify.model.delivery import (
     SMS_FALLBACK,
 )
 from services.notify.model.policy import PlannedMessage
-from shared.clock import Clock
+from shared.clock import Clock, FixedClock
 from shared.db import (
     Outbox,
     UnitOfWork,
@@ -427,7 +427,7 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
         slot = _reserve_slot(connection, "sms", now, interval)
         if slot > now:
             return slot, None
-        return slot, MessageRepository(connection, _FixedClock(now)).begin_send(
+        return slot, MessageRepository(connection, FixedClock(now)).begin_send(
             message_id, token, lease)
     slot, begun, free = connection.execute(_START_SMS_SEND, dict(
         name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
@@ -470,7 +470,7 @@ def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
     claim is still ours: on PostgreSQL one statement, the event's row (and the relay's wake-up)
     inserted only when the update matched."""
     if connection.dialect.name != "postgresql":
-        clock = _FixedClock(now)
+        clock = FixedClock(now)
         settled = MessageRepository(connection, clock).settle(
             message_id, token, status=SENT, sent_at=now, provider_id=provider_id,
             provider_status=provider_status, error=None, error_code=None)
@@ -510,15 +510,6 @@ def has_early_reports(connection: Connection, provider_id: str) -> bool:
 # Built once: building a statement costs more Python than running it, on this path.
 _HAS_EARLY_REPORTS = sa.select(sa.literal(1)).where(
     early_reports.c.provider_id == sa.bindparam("provider_id")).limit(1)
-
-
-@dataclass(frozen=True)
-class _FixedClock:
-    """The instant a one-statement write was asked at, for the repositories' SQLite paths."""
-    instant: datetime
-
-    def now(self) -> datetime:
-        return self.instant
 
 
 class ContactRepository:
