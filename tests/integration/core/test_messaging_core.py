@@ -124,6 +124,41 @@ def test_a_row_committed_behind_a_batch_in_flight_still_goes_before_later_events
     connection.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_event_the_broker_refuses_is_never_marked_published(store, amqp_url):
+    """A full queue that rejects publishes makes RabbitMQ nack them. With batches in flight
+    the relay must mark nothing the broker did not take, and send the rest again later.
+    (Quorum queues enforce the length loosely: a message or two beyond it may be taken.)"""
+    engine, tables, _ = store
+    connection, channel = _pika_channel(amqp_url)
+    channel.exchange_declare("clinic.events", "topic", durable=True)
+    channel.queue_declare("full", durable=True, arguments={
+        "x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"})
+    channel.queue_bind("full", "clinic.events", "#")
+    events = _write_events(engine, tables, 6)
+    relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test",
+                        batch_size=1)
+    assert relay.leadership.acquire()
+
+    def published() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(tables.outbox.c.event_id).where(
+                tables.outbox.c.published_at.is_not(None))).scalars())
+
+    with pytest.raises(PublishFailed):
+        relay.publish_pending()
+    taken = channel.queue_declare("full", passive=True).method.message_count
+    queued = {decode(body).id for _, body in _drain(channel, "full", taken)}
+    assert len(queued) < len(events)            # the broker refused some
+    assert published() <= queued                # and none of those is marked
+    channel.queue_delete("full")
+    unmarked = len(events) - len(published())
+    assert relay.publish_pending() == unmarked
+    assert published() == {event.id for event in events}
+    relay.close()
+    connection.close()
+
+
 def test_a_batch_whose_channel_closed_before_its_confirm_is_not_confirmed(amqp_url):
     """Two batches in flight: if the channel goes (a broker restart) before the first is
     confirmed, a later channel's confirms must not count for it, however the tags line up."""
