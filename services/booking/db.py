@@ -6,8 +6,10 @@ thing); SQLite, the single-process embedded default, serialises writers instead.
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from types import SimpleNamespace
@@ -16,15 +18,24 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.booking.model import Appointment, Clinician, FollowUpPlan, Treatment, WorkingHours
-from services.booking.model.records import Address, GeneralPractitioner, Patient
+from services.booking.model.records import (
+    Address,
+    GeneralPractitioner,
+    Patient,
+    PatientContact,
+)
 from shared.clock import Clock
 from shared.db import (
     UnitOfWork,
     UTCDateTime,
     add_shared_tables,
     insert_ignoring_duplicates,
+    one_statement,
     outbox_channel,
+    outbox_insert_for_each,
+    outbox_parameters,
 )
+from shared.events import Event
 
 metadata = sa.MetaData()
 shared_tables = add_shared_tables(metadata)
@@ -241,20 +252,36 @@ class AppointmentRepository:
             return None
         return values
 
+    def book_at_once(self, appointment: Appointment, intake_form_status: str,
+                     event_parameters: dict) -> dict | None:
+        """PostgreSQL, on a connection in autocommit (`shared.db.one_statement`): the
+        appointment, if its time is free, and its outbox row, in one statement, so one round
+        trip and atomic by itself. It first takes the clinician's diary (see hold_diary)
+        until it ends. The row as written; None when the time is taken. A booking that
+        committed while this one waited for the diary is not in this statement's snapshot:
+        the exclusion constraint refuses the overlap then (IntegrityError, SQLSTATE 23P01)."""
+        now = self._clock.now()
+        values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
+                  "created_at": now, "updated_at": now}
+        booked = self._c.execute(_BOOK_AT_ONCE, {
+            **values, **event_parameters,
+            "diary": _diary_key(appointment.clinician_id)}).scalar_one()
+        return values if booked == 1 else None
+
     def booking_parties(self, patient_id: uuid.UUID, clinician_id: uuid.UUID,
-                        treatment_code: str) -> BookingParties:
+                        treatment_code: str, *, hold_diary: bool) -> BookingParties:
         """Who and what a booking names, and whether the patient was ever booked: one round
-        trip instead of four, on the path every booking takes. On PostgreSQL the same trip
-        holds the clinician's diary (see hold_diary)."""
-        locking = self._c.dialect.name == "postgresql"
+        trip instead of four, on the path every booking takes. With `hold_diary`, on
+        PostgreSQL, the same trip holds the clinician's diary until commit (see hold_diary)."""
+        locking = hold_diary and self._c.dialect.name == "postgresql"
         row = self._c.execute(_BOOKING_PARTIES_HOLDING_DIARY if locking else _BOOKING_PARTIES, {
             "patient_id": patient_id, "clinician_id": clinician_id,
             "treatment_code": treatment_code, "diary": _diary_key(clinician_id)}).one()
-        patient = _part(row, 0, patients)
-        clinician = _part(row, len(patients.c), clinicians)
-        treatment = _part(row, len(patients.c) + len(clinicians.c), treatments)
+        patient = _part(row, 0, _CONTACT_COLUMNS)
+        clinician = _part(row, len(_CONTACT_COLUMNS), clinicians.c)
+        treatment = _part(row, len(_CONTACT_COLUMNS) + len(clinicians.c), treatments.c)
         return BookingParties(
-            patient=_patient(patient) if patient else None,
+            patient=PatientContact(**vars(patient)) if patient else None,
             clinician=_clinician(clinician) if clinician else None,
             treatment=_treatment(treatment) if treatment else None,
             booked_before=row.booked_before,
@@ -320,27 +347,31 @@ class AppointmentRepository:
 class BookingParties:
     """What a new booking is about; None for an id or code that names nothing."""
 
-    patient: Patient | None
+    patient: PatientContact | None
     clinician: Clinician | None
     treatment: Treatment | None
     booked_before: bool
 
 
-def _part(row, start: int, table: sa.Table) -> SimpleNamespace | None:
-    """`table`'s columns of a joined row, from position `start`, under their own names as the
-    mappers read them; None when the outer join found nothing (its first column, the primary
+def _part(row, start: int, columns) -> SimpleNamespace | None:
+    """These columns of a joined row, from position `start`, under their own names as the
+    mappers read them; None when the outer join found nothing (the first column, the primary
     key, is null)."""
-    values = row[start:start + len(table.c)]
+    values = row[start:start + len(columns)]
     if values[0] is None:
         return None
-    return SimpleNamespace(**dict(zip(table.c.keys(), values, strict=True)))
+    return SimpleNamespace(**dict(zip((c.key for c in columns), values, strict=True)))
 
 
+# A booking's event carries the patient's contact channel only; the rest of the record
+# (address, GP, date of birth) is neither needed nor fetched.
+_CONTACT_COLUMNS = (patients.c.id, patients.c.phone, patients.c.email, patients.c.consent_sms,
+                    patients.c.consent_email)
 _patient_id = sa.bindparam("patient_id", type_=sa.Uuid)
 _clinician_id = sa.bindparam("clinician_id", type_=sa.Uuid)
 _BOOKING_PARTIES = (
     sa.select(
-        *patients.c, *clinicians.c, *treatments.c,
+        *_CONTACT_COLUMNS, *clinicians.c, *treatments.c,
         sa.exists().where(appointments.c.patient_id == _patient_id).label("booked_before"),
     )
     .select_from(
@@ -369,16 +400,34 @@ def _diary_key(clinician_id: uuid.UUID) -> int:
 
 _NEW_APPOINTMENT = {column.key: sa.bindparam(column.key, type_=column.type)
                     for column in appointments.c}
+# Not `in_()` for the statuses: its expanding list is rendered into the SQL again on every
+# execution.
+_NO_OVERLAP = ~sa.exists().where(
+    appointments.c.clinician_id == _NEW_APPOINTMENT["clinician_id"],
+    sa.or_(*(appointments.c.status == status for status in ACTIVE_STATUSES)),
+    appointments.c.starts_at < _NEW_APPOINTMENT["ends_at"],
+    appointments.c.ends_at > _NEW_APPOINTMENT["starts_at"],
+)
 _INSERT_IF_FREE = appointments.insert().from_select(
-    list(_NEW_APPOINTMENT),
-    sa.select(*_NEW_APPOINTMENT.values()).where(~sa.exists().where(
-        appointments.c.clinician_id == _NEW_APPOINTMENT["clinician_id"],
-        # Not `in_()`: its expanding list is rendered into the SQL again on every execution.
-        sa.or_(*(appointments.c.status == status for status in ACTIVE_STATUSES)),
-        appointments.c.starts_at < _NEW_APPOINTMENT["ends_at"],
-        appointments.c.ends_at > _NEW_APPOINTMENT["starts_at"],
-    )),
+    list(_NEW_APPOINTMENT), sa.select(*_NEW_APPOINTMENT.values()).where(_NO_OVERLAP),
 ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount is otherwise not kept
+
+
+def _book_at_once() -> sa.Select:
+    """WITH diary (its lock), booked (INSERT ... FROM diary WHERE no overlap RETURNING id),
+    announced (the outbox row FROM booked) SELECT count(*) FROM booked. The inserted row
+    comes from `diary`'s one row, so the lock is taken before it is written."""
+    diary = sa.select(sa.func.pg_advisory_xact_lock(
+        _DIARY_LOCKS, sa.bindparam("diary", type_=sa.Integer)).label("held")).cte("diary")
+    booked = appointments.insert().from_select(
+        list(_NEW_APPOINTMENT),
+        sa.select(*_NEW_APPOINTMENT.values()).select_from(diary).where(_NO_OVERLAP),
+    ).returning(appointments.c.id).cte("booked")
+    announced = outbox_insert_for_each(shared_tables.outbox, booked).cte("announced")
+    return sa.select(sa.func.count()).select_from(booked).add_cte(announced)
+
+
+_BOOK_AT_ONCE = _book_at_once()
 
 
 def _appointment_values(a: Appointment) -> dict:
@@ -427,6 +476,17 @@ class PhoneCallRepository:
 class BookingUnitOfWork(UnitOfWork):
     def __init__(self, engine: sa.Engine, clock: Clock):
         super().__init__(engine, shared_tables, clock, outbox_channel("booking"))
+
+    @contextlib.contextmanager
+    def one_statement_at_a_time(self) -> Iterator[AppointmentRepository]:
+        """Appointments on a connection of their own, outside this unit of work's transaction,
+        where on PostgreSQL each statement commits by itself (`shared.db.one_statement`): for
+        a use case that is one read and then one write that must be atomic alone."""
+        with one_statement(self.engine) as connection:
+            yield AppointmentRepository(connection, self.clock)
+
+    def outbox_parameters(self, event: Event) -> dict:
+        return outbox_parameters(event, self.clock, self._notify_channel)
 
     def _open(self, connection: Connection) -> None:
         self.patients = PatientRepository(connection, self.clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,12 +14,13 @@ import sqlalchemy as sa
 from services.booking import model
 from services.booking.db import BookingUnitOfWork, local_day_bounds
 from services.booking.model import Appointment, Clinician, Slot
-from services.booking.model.records import Patient
+from services.booking.model.records import Patient, PatientContact
 from shared.db import request_fingerprint
 from shared.errors import Conflict, Invalid, NotFound
-from shared.events import new_event
+from shared.events import Event, new_event
 
 SOURCE = "/booking"
+EXCLUSION_VIOLATION = "23P01"  # PostgreSQL's SQLSTATE for an exclusion constraint refusing a row
 
 
 def _replayed_id(uow: BookingUnitOfWork, scope: str, key: str | None, request: Any):
@@ -78,37 +80,82 @@ def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id
                      treatment_code: str, starts_at: datetime, tz: ZoneInfo,
                      key: str | None = None) -> Mapping[str, Any]:
     """The appointment as reception sees it (AppointmentOut), built from what was written:
-    answering needs no second transaction to read it back."""
+    answering needs no second transaction to read it back.
+
+    On PostgreSQL a booking without an Idempotency-Key is a read, then one statement that
+    writes the appointment and its event (`book_at_once`): two round trips where a
+    transaction took five. With a key, the key is claimed first, in one transaction with the
+    booking, so that a retry arriving meanwhile waits for the answer; SQLite takes that path
+    too.
+    """
+    if key is None and uow.engine.dialect.name == "postgresql":
+        return _book_at_once(uow, patient_id, clinician_id, treatment_code, starts_at, tz)
     request = {"patient_id": patient_id, "clinician_id": clinician_id,
                "treatment_code": treatment_code, "starts_at": starts_at.isoformat()}
     with uow:
         existing = _replayed_id(uow, "appointments", key, request)
         if existing:
             return uow.appointments.view(existing)
-        parties = uow.appointments.booking_parties(patient_id, clinician_id, treatment_code)
-        patient, clinician, treatment = parties.patient, parties.clinician, parties.treatment
-        errors = {}
-        if patient is None:
-            errors["patient_id"] = ["no such patient"]
-        if clinician is None:
-            errors["clinician_id"] = ["no such clinician"]
-        if treatment is None:
-            errors["treatment_code"] = ["no such treatment"]
-        if errors:
-            raise Invalid("Unknown patient, clinician or treatment", errors)
-        slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
-        first = not parties.booked_before
-        appointment = Appointment(uuid.uuid4(), patient_id, clinician_id, treatment_code,
-                                  slot.starts_at, slot.ends_at)
-        needs_form = first or treatment.requires_consent
+        parties = uow.appointments.booking_parties(patient_id, clinician_id, treatment_code,
+                                                   hold_diary=True)
+        booking = _new_booking(uow, parties, patient_id, starts_at, tz)
         # Taken before the outbox row, so one appointment's events follow commit order.
-        written = _insert(uow, appointment, "sent" if needs_form else "not_required")
-        uow.outbox.add(_appointment_event(
-            uow, "booking.appointment.booked", appointment, patient, clinician, treatment,
-            first_appointment=first))
-        _remember(uow, "appointments", key, appointment.id)
+        written = _insert(uow, booking.appointment, booking.intake_form_status)
+        uow.outbox.add(booking.event)
+        _remember(uow, "appointments", key, booking.appointment.id)
         uow.commit()
     return written
+
+
+def _book_at_once(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id: uuid.UUID,
+                  treatment_code: str, starts_at: datetime, tz: ZoneInfo) -> Mapping[str, Any]:
+    with uow.one_statement_at_a_time() as appointments:
+        parties = appointments.booking_parties(patient_id, clinician_id, treatment_code,
+                                               hold_diary=False)
+        booking = _new_booking(uow, parties, patient_id, starts_at, tz)
+        try:
+            written = appointments.book_at_once(booking.appointment,
+                                                booking.intake_form_status,
+                                                uow.outbox_parameters(booking.event))
+        except sa.exc.IntegrityError as error:
+            if getattr(error.orig, "sqlstate", None) == EXCLUSION_VIOLATION:
+                raise _slot_taken() from error
+            raise
+    if written is None:
+        raise _slot_taken()
+    return written
+
+
+@dataclass(frozen=True)
+class _NewBooking:
+    appointment: Appointment
+    intake_form_status: str
+    event: Event
+
+
+def _new_booking(uow: BookingUnitOfWork, parties, patient_id: uuid.UUID, starts_at: datetime,
+                 tz: ZoneInfo) -> _NewBooking:
+    """What booking these parties at `starts_at` writes: the appointment, its intake form's
+    status and its event. Invalid when the request names what is not there, or a time that
+    cannot be booked."""
+    patient, clinician, treatment = parties.patient, parties.clinician, parties.treatment
+    errors = {}
+    if patient is None:
+        errors["patient_id"] = ["no such patient"]
+    if clinician is None:
+        errors["clinician_id"] = ["no such clinician"]
+    if treatment is None:
+        errors["treatment_code"] = ["no such treatment"]
+    if errors:
+        raise Invalid("Unknown patient, clinician or treatment", errors)
+    slot = model.check_bookable(clinician, treatment, starts_at, tz, uow.clock.now())
+    first = not parties.booked_before
+    appointment = Appointment(uuid.uuid4(), patient_id, clinician.id, treatment.code,
+                              slot.starts_at, slot.ends_at)
+    needs_form = first or treatment.requires_consent
+    event = _appointment_event(uow, "booking.appointment.booked", appointment, patient,
+                               clinician, treatment, first_appointment=first)
+    return _NewBooking(appointment, "sent" if needs_form else "not_required", event)
 
 
 def _ensure_free(uow: BookingUnitOfWork, clinician_id, slot: Slot, excluding=None) -> None:
@@ -232,7 +279,7 @@ def _treatment_json(treatment) -> dict:
             "requires_consent": treatment.requires_consent}
 
 
-def _contact(patient: Patient) -> dict:
+def _contact(patient: Patient | PatientContact) -> dict:
     """The contact channel only: what notify needs to reach the patient, nothing more."""
     return {"phone": patient.phone, "email": patient.email, "sms": patient.consent_sms,
             "email_ok": patient.consent_email and bool(patient.email)}

@@ -24,6 +24,16 @@ class GeneralPractitioner:
 
 
 @dataclass(frozen=True)
+class PatientContact:
+    """How to reach a patient and what they agreed to: all a booking's event needs of them."""
+    id: uuid.UUID
+    phone: str
+    email: str | None
+    consent_sms: bool
+    consent_email: bool
+
+
+@dataclass(frozen=True)
 class Patient:
     id: uuid.UUID
     given_name: str

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from services.booking import service
 from services.booking.db import AppointmentRepository, BookingUnitOfWork, appointments
 from services.booking.model import Appointment
+from shared.errors import Conflict
 
 from .conftest import PATIENT
 
@@ -293,3 +294,50 @@ def test_racing_overlapping_writes_never_deadlock_when_the_diary_is_held(pg_book
         with ThreadPoolExecutor(max_workers=len(rows)) as pool:
             outcomes.update(pool.map(move, rows, [slot] * len(rows), [start] * len(rows)))
     assert outcomes == {"moved": 100, "ExclusionViolation": 900}
+
+
+def test_a_booking_that_waited_for_the_diary_is_refused_if_the_holder_took_its_time(pg_booking):
+    """PostgreSQL books in one statement, whose snapshot is taken before it waits for the
+    clinician's diary: a booking the holder commits meanwhile is invisible to its own check.
+    The exclusion constraint refuses the overlap then: the waiter hears 409 (not a 503), and
+    neither its appointment nor its event is written."""
+    site, tz = pg_booking, ZoneInfo("Europe/London")
+    patient = uuid.UUID(site.patient_id)
+    nine = datetime(2026, 11, 3, 9, tzinfo=UTC)  # 09:00 GMT, Tuesday
+    events_before = len(site.events())
+    holder = BookingUnitOfWork(site.engine, site.clock)
+    with ThreadPoolExecutor(max_workers=1) as pool, holder:
+        holder.appointments.hold_diary(site.shah)
+        taken = Appointment(uuid.uuid4(), patient, site.shah, "TPI", nine,
+                            nine + timedelta(minutes=30))
+        assert holder.appointments.add_if_free(taken, "sent") is not None
+        waiting = pool.submit(service.book_appointment, BookingUnitOfWork(site.engine, site.clock),
+                              patient, site.shah, "TPI", nine, tz)
+        deadline = time.monotonic() + 15
+        while _waiting_on_advisory_lock(site.engine) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _waiting_on_advisory_lock(site.engine) == 1
+        holder.commit()
+        with pytest.raises(Conflict):
+            waiting.result(timeout=30)
+    with site.engine.connect() as connection:
+        booked = connection.execute(sa.select(appointments.c.id).where(
+            appointments.c.clinician_id == site.shah, appointments.c.starts_at == nine)
+        ).scalars().all()
+    assert booked == [taken.id]
+    assert len(site.events()) == events_before
+
+
+def test_a_refused_booking_writes_no_event_and_a_booked_one_writes_exactly_one(pg_booking):
+    site, tz = pg_booking, ZoneInfo("Europe/London")
+    patient = uuid.UUID(site.patient_id)
+    ten = datetime(2026, 11, 4, 10, tzinfo=UTC)
+    before = len(site.events())
+    booked = service.book_appointment(BookingUnitOfWork(site.engine, site.clock), patient,
+                                      site.shah, "TPI", ten, tz)
+    with pytest.raises(Conflict):
+        service.book_appointment(BookingUnitOfWork(site.engine, site.clock), patient,
+                                 site.shah, "TPI", ten + timedelta(minutes=15), tz)
+    events = site.events()[before:]
+    assert [(e["type"], e["data"]["appointment_id"]) for e in events] == [
+        ("booking.appointment.booked", str(booked["id"]))]

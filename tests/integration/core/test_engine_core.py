@@ -2,6 +2,7 @@
 a request, and an outbox row wakes the relay on commit only."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import psycopg
@@ -9,7 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from shared.clock import SystemClock
-from shared.db import UnitOfWork, add_shared_tables, make_engine, outbox_channel
+from shared.db import (
+    UnitOfWork,
+    add_shared_tables,
+    make_engine,
+    one_statement,
+    outbox_channel,
+)
 from shared.events import new_event
 
 CLOCK = SystemClock()
@@ -101,5 +108,47 @@ def test_a_refusal_quoting_the_value_is_described_by_names_only(postgres_url):
         assert "+447400123456" in str(raised.value.orig)  # what we must not pass on
         assert describe_error(raised.value) == (
             "UniqueViolation (SQLSTATE 23505, constraint contacts_phone, table contacts)")
+    finally:
+        engine.dispose()
+
+
+def _scratch_table(engine) -> sa.Table:
+    table = sa.Table("scratch_rows", sa.MetaData(), sa.Column("n", sa.Integer))
+    table.create(engine)
+    return table
+
+
+def test_one_statement_commits_each_statement_by_itself(postgres_url):
+    """Autocommit on PostgreSQL: a statement is kept even if a later one fails, as a
+    one-statement write relies on (nothing to commit, no BEGIN round trip)."""
+    engine = make_engine(postgres_url, pool_size=1)
+    try:
+        table = _scratch_table(engine)
+        with pytest.raises(sa.exc.DataError), one_statement(engine) as connection:
+            connection.execute(table.insert().values(n=1))
+            connection.execute(sa.text("SELECT 1 / 0"))
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(table.c.n)).scalars().all() == [1]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_connection_back_from_one_statement_runs_transactions_again(postgres_url, failing):
+    """The same pooled connection (a pool of one) next serves a unit of work: its writes must
+    roll back with it, whether or not the one-statement use ended in an error."""
+    engine = make_engine(postgres_url, pool_size=1)
+    try:
+        table = _scratch_table(engine)
+        pid = _backend(engine)
+        with pytest.raises(sa.exc.DataError) if failing else contextlib.nullcontext(), \
+                one_statement(engine) as connection:
+            connection.execute(sa.text("SELECT 1 / 0" if failing else "SELECT 1"))
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar() == pid
+            connection.execute(table.insert().values(n=2))
+            connection.rollback()
+            assert connection.execute(sa.select(sa.func.count()).select_from(table)
+                                      ).scalar() == 0
     finally:
         engine.dispose()
