@@ -256,10 +256,14 @@ class AppointmentRepository:
                      event_parameters: dict) -> dict | None:
         """PostgreSQL, on a connection in autocommit (`shared.db.one_statement`): the
         appointment, if its time is free, and its outbox row, in one statement, so one round
-        trip and atomic by itself. It first takes the clinician's diary (see hold_diary)
-        until it ends. The row as written; None when the time is taken. A booking that
-        committed while this one waited for the diary is not in this statement's snapshot:
-        the exclusion constraint refuses the overlap then (IntegrityError, SQLSTATE 23P01)."""
+        trip and atomic by itself. The row as written; None when the time is taken.
+
+        The overlap check reads the snapshot the statement started with, and PostgreSQL
+        evaluates it before anything else, so before the diary is taken (see `_book_at_once`):
+        a booking committed while this one waited for the diary is not seen by it, and the
+        exclusion constraint refuses the overlap (IntegrityError, SQLSTATE 23P01). The diary
+        still makes writers into one diary take turns, so they do not deadlock each other in
+        the constraint's check."""
         now = self._clock.now()
         values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
                   "created_at": now, "updated_at": now}
@@ -416,7 +420,8 @@ _INSERT_IF_FREE = appointments.insert().from_select(
 def _book_at_once() -> sa.Select:
     """WITH diary (its lock), booked (INSERT ... FROM diary WHERE no overlap RETURNING id),
     announced (the outbox row FROM booked) SELECT count(*) FROM booked. The inserted row
-    comes from `diary`'s one row, so the lock is taken before it is written."""
+    comes from `diary`'s one row, so the lock is held before the row is written (the overlap
+    check, uncorrelated, runs first: see book_at_once)."""
     diary = sa.select(sa.func.pg_advisory_xact_lock(
         _DIARY_LOCKS, sa.bindparam("diary", type_=sa.Integer)).label("held")).cte("diary")
     booked = appointments.insert().from_select(

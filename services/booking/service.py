@@ -20,7 +20,6 @@ from shared.errors import Conflict, Invalid, NotFound
 from shared.events import Event, new_event
 
 SOURCE = "/booking"
-EXCLUSION_VIOLATION = "23P01"  # PostgreSQL's SQLSTATE for an exclusion constraint refusing a row
 
 
 def _replayed_id(uow: BookingUnitOfWork, scope: str, key: str | None, request: Any):
@@ -82,14 +81,20 @@ def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id
     """The appointment as reception sees it (AppointmentOut), built from what was written:
     answering needs no second transaction to read it back.
 
-    On PostgreSQL a booking without an Idempotency-Key is a read, then one statement that
-    writes the appointment and its event (`book_at_once`): two round trips where a
-    transaction took five. With a key, the key is claimed first, in one transaction with the
-    booking, so that a retry arriving meanwhile waits for the answer; SQLite takes that path
-    too.
+    On PostgreSQL a booking without an Idempotency-Key first tries a read and then one
+    statement that writes the appointment and its event (`book_at_once`): two round trips
+    where a transaction takes five. That statement checks for an overlap in the snapshot it
+    started with, before it waits for the clinician's diary, so it only decides the
+    uncontended case: a time it finds taken, or loses to a booking made while it waited, is
+    decided again by the transaction, which holds the diary before it looks (a slot being
+    freed by a reschedule is then booked, not refused). With a key, the key is claimed first,
+    in one transaction with the booking, so that a retry arriving meanwhile waits for the
+    answer; SQLite always takes the transaction (one writer).
     """
     if key is None and uow.engine.dialect.name == "postgresql":
-        return _book_at_once(uow, patient_id, clinician_id, treatment_code, starts_at, tz)
+        written = _book_at_once(uow, patient_id, clinician_id, treatment_code, starts_at, tz)
+        if written is not None:
+            return written
     request = {"patient_id": patient_id, "clinician_id": clinician_id,
                "treatment_code": treatment_code, "starts_at": starts_at.isoformat()}
     with uow:
@@ -107,23 +112,28 @@ def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id
     return written
 
 
+# What ends the one-statement attempt without an answer: a booking committed while it
+# waited for the diary (the exclusion constraint refuses the overlap), or a deadlock with
+# a write that does not take the diary (marking a neighbouring appointment attended).
+_CONTENDED = frozenset({"23P01", "40P01"})   # exclusion_violation, deadlock_detected
+
+
 def _book_at_once(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id: uuid.UUID,
-                  treatment_code: str, starts_at: datetime, tz: ZoneInfo) -> Mapping[str, Any]:
+                  treatment_code: str, starts_at: datetime, tz: ZoneInfo
+                  ) -> Mapping[str, Any] | None:
+    """The booking written in one statement; None, with nothing written, when the time looked
+    taken or the statement lost a race: the transactional path then decides."""
     with uow.one_statement_at_a_time() as appointments:
         parties = appointments.booking_parties(patient_id, clinician_id, treatment_code,
                                                hold_diary=False)
         booking = _new_booking(uow, parties, patient_id, starts_at, tz)
         try:
-            written = appointments.book_at_once(booking.appointment,
-                                                booking.intake_form_status,
-                                                uow.outbox_parameters(booking.event))
-        except sa.exc.IntegrityError as error:
-            if getattr(error.orig, "sqlstate", None) == EXCLUSION_VIOLATION:
-                raise _slot_taken() from error
+            return appointments.book_at_once(booking.appointment, booking.intake_form_status,
+                                             uow.outbox_parameters(booking.event))
+        except sa.exc.DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) in _CONTENDED:
+                return None
             raise
-    if written is None:
-        raise _slot_taken()
-    return written
 
 
 @dataclass(frozen=True)

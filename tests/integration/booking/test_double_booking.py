@@ -2,6 +2,7 @@
 over HTTP to a threaded server at the same instant, and the database lets exactly one win."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from services.booking import service
 from services.booking.db import AppointmentRepository, BookingUnitOfWork, appointments
 from services.booking.model import Appointment
+from shared.db import outbox_channel
 from shared.errors import Conflict
 
 from .conftest import PATIENT
@@ -296,30 +299,55 @@ def test_racing_overlapping_writes_never_deadlock_when_the_diary_is_held(pg_book
     assert outcomes == {"moved": 100, "ExclusionViolation": 900}
 
 
-def test_a_booking_that_waited_for_the_diary_is_refused_if_the_holder_took_its_time(pg_booking):
-    """PostgreSQL books in one statement, whose snapshot is taken before it waits for the
-    clinician's diary: a booking the holder commits meanwhile is invisible to its own check.
-    The exclusion constraint refuses the overlap then: the waiter hears 409 (not a 503), and
-    neither its appointment nor its event is written."""
+@contextlib.contextmanager
+def _statements(engine):
+    """The SQL each statement run on `engine` sent, in order, while the block runs."""
+    sent = []
+
+    def note(_conn, _cursor, statement, *_args):
+        sent.append(statement)
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def _in_one_statement(sent: list[str]) -> int:
+    return sum(1 for statement in sent if statement.lstrip().startswith("WITH diary AS"))
+
+
+def _wait_for_a_diary_waiter(engine) -> None:
+    deadline = time.monotonic() + 15  # leaves as soon as the writer is seen waiting
+    while _waiting_on_advisory_lock(engine) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _waiting_on_advisory_lock(engine) == 1
+
+
+def test_a_booking_that_lost_a_race_in_its_one_statement_is_refused_by_the_transaction(
+        pg_booking):
+    """PostgreSQL first tries a booking as one statement, whose overlap check reads the
+    snapshot taken before it waits for the clinician's diary: a booking the holder commits
+    meanwhile is invisible to it, and the exclusion constraint refuses the overlap. That is
+    no answer yet: the transactional path, holding the diary, decides (409), and nothing of
+    the loser is written."""
     site, tz = pg_booking, ZoneInfo("Europe/London")
     patient = uuid.UUID(site.patient_id)
     nine = datetime(2026, 11, 3, 9, tzinfo=UTC)  # 09:00 GMT, Tuesday
     events_before = len(site.events())
     holder = BookingUnitOfWork(site.engine, site.clock)
-    with ThreadPoolExecutor(max_workers=1) as pool, holder:
+    with _statements(site.engine) as sent, ThreadPoolExecutor(max_workers=1) as pool, holder:
         holder.appointments.hold_diary(site.shah)
         taken = Appointment(uuid.uuid4(), patient, site.shah, "TPI", nine,
                             nine + timedelta(minutes=30))
         assert holder.appointments.add_if_free(taken, "sent") is not None
         waiting = pool.submit(service.book_appointment, BookingUnitOfWork(site.engine, site.clock),
                               patient, site.shah, "TPI", nine, tz)
-        deadline = time.monotonic() + 15
-        while _waiting_on_advisory_lock(site.engine) == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _waiting_on_advisory_lock(site.engine) == 1
+        _wait_for_a_diary_waiter(site.engine)
         holder.commit()
         with pytest.raises(Conflict):
             waiting.result(timeout=30)
+    assert _in_one_statement(sent) == 1    # tried, refused by the constraint, then decided
     with site.engine.connect() as connection:
         booked = connection.execute(sa.select(appointments.c.id).where(
             appointments.c.clinician_id == site.shah, appointments.c.starts_at == nine)
@@ -328,6 +356,48 @@ def test_a_booking_that_waited_for_the_diary_is_refused_if_the_holder_took_its_t
     assert len(site.events()) == events_before
 
 
+def test_a_slot_a_reschedule_is_freeing_is_booked_once_the_reschedule_commits(pg_booking):
+    """The one statement sees the appointment still at 09:00 (the reschedule moving it away
+    has not committed) and books nothing; the transaction then waits for the diary, sees the
+    time free, and books it: 201, as when the reschedule had come a moment earlier."""
+    site, tz = pg_booking, ZoneInfo("Europe/London")
+    patient = uuid.UUID(site.patient_id)
+    nine = datetime(2026, 11, 5, 9, tzinfo=UTC)  # 09:00 GMT, Thursday
+    moving = service.book_appointment(BookingUnitOfWork(site.engine, site.clock), patient,
+                                      site.shah, "TPI", nine, tz)["id"]
+    holder = BookingUnitOfWork(site.engine, site.clock)
+    with _statements(site.engine) as sent, ThreadPoolExecutor(max_workers=1) as pool, holder:
+        holder.appointments.hold_diary(site.shah)
+        before = holder.appointments.get(moving)
+        holder.appointments.update(replace(before, starts_at=nine + timedelta(hours=2),
+                                           ends_at=nine + timedelta(hours=2, minutes=30)))
+        waiting = pool.submit(service.book_appointment, BookingUnitOfWork(site.engine, site.clock),
+                              patient, site.shah, "TPI", nine, tz)
+        _wait_for_a_diary_waiter(site.engine)
+        holder.commit()
+        booked = waiting.result(timeout=30)
+    assert _in_one_statement(sent) == 1
+    assert booked["starts_at"] == nine and booked["id"] != moving
+
+
+def test_an_uncontended_booking_is_one_statement_and_wakes_the_relay(pg_booking, postgres_url):
+    """Two round trips (the read, then the write with its event); the relay is woken by the
+    write's commit."""
+    site, tz = pg_booking, ZoneInfo("Europe/London")
+    listener = psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://"),
+                               autocommit=True)
+    try:
+        listener.execute(f'LISTEN "{outbox_channel("booking")}"')
+        with _statements(site.engine) as sent:
+            booked = service.book_appointment(BookingUnitOfWork(site.engine, site.clock),
+                                              uuid.UUID(site.patient_id), site.shah, "TPI",
+                                              datetime(2026, 11, 6, 10, tzinfo=UTC), tz)
+        woken = list(listener.notifies(timeout=2, stop_after=1))
+    finally:
+        listener.close()
+    assert len(sent) == 2 and _in_one_statement(sent) == 1
+    assert [n.channel for n in woken] == [outbox_channel("booking")]
+    assert site.events()[-1]["data"]["appointment_id"] == str(booked["id"])
 def test_a_refused_booking_writes_no_event_and_a_booked_one_writes_exactly_one(pg_booking):
     site, tz = pg_booking, ZoneInfo("Europe/London")
     patient = uuid.UUID(site.patient_id)

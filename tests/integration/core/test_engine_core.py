@@ -152,3 +152,23 @@ def test_a_connection_back_from_one_statement_runs_transactions_again(postgres_u
                                       ).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_a_connection_the_server_drops_inside_one_statement_fails_as_a_lost_connection(
+        postgres_url):
+    """The error is the lost connection (OperationalError: the API's 503), not a failure to
+    switch autocommit back on a dead connection; the pool then hands out a healthy one."""
+    engine = make_engine(postgres_url, pool_size=1)
+    try:
+        with pytest.raises(sa.exc.OperationalError), one_statement(engine) as connection:
+            pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+            with psycopg.connect(_libpq(postgres_url), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            time.sleep(0.2)
+            connection.execute(sa.text("SELECT 1"))
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+            connection.execute(sa.text("SELECT 1"))
+            assert connection.connection.driver_connection.autocommit is False
+    finally:
+        engine.dispose()
