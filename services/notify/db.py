@@ -500,16 +500,20 @@ _RECORD_SENT = sa.text(f"""
                 sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid))
 
 
-def has_early_reports(connection: Connection, provider_id: str) -> bool:
-    """Whether a status report came before the sid was recorded: almost never, so the sender
-    asks with one read and takes them (`EarlyReports.take`, in a transaction) only if so."""
-    return connection.execute(_HAS_EARLY_REPORTS, {"provider_id": provider_id}
-                              ).first() is not None
+def recorded_early_reports(connection: Connection, limit: int = 100
+                           ) -> list[tuple[uuid.UUID, str]]:
+    """(message id, sid) of reports kept because they came before their sid was recorded, and
+    whose sid is recorded now: almost always none, so one read per scheduler round, and
+    `EarlyReports.take` (in a transaction) only for what it finds."""
+    return [tuple(row) for row in connection.execute(_RECORDED_EARLY_REPORTS,
+                                                     {"limit": limit}).all()]
 
 
 # Built once: building a statement costs more Python than running it, on this path.
-_HAS_EARLY_REPORTS = sa.select(sa.literal(1)).where(
-    early_reports.c.provider_id == sa.bindparam("provider_id")).limit(1)
+_RECORDED_EARLY_REPORTS = (
+    sa.select(messages.c.id, early_reports.c.provider_id)
+    .join(messages, messages.c.provider_id == early_reports.c.provider_id)
+    .distinct().limit(sa.bindparam("limit", type_=sa.Integer)))
 
 
 class ContactRepository:

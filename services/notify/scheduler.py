@@ -34,9 +34,9 @@ from services.notify.db import (
     claim_due,
     early_reports,
     expired_leases,
-    has_early_reports,
     messages,
     record_sent,
+    recorded_early_reports,
     start_sms_send,
     webhook_receipts,
 )
@@ -173,8 +173,22 @@ class Scheduler:
             claimed = self._claim(claim_due, limit=limit, channel=channel)
             self._deliver_all(claimed, stop)
             handled += len(claimed)
+        self._apply_early_reports()
         self._prune_now_and_then()
         return handled
+
+    def _apply_early_reports(self) -> None:
+        """Reports a webhook kept because their sid was not recorded yet, applied now that it
+        is. Read after this round's sids were committed: a webhook that kept a report looks
+        for the sid again after its own commit, so whichever of the two comes second finds the
+        other's (and a report for a sid a crashed worker recorded is found by the next round
+        of any worker)."""
+        with one_statement(self.context.engine) as connection:
+            recorded = recorded_early_reports(connection)
+        for message_id, provider_id in recorded:
+            with self.context.uow() as uow:
+                apply_early_reports(uow, self.context.texts, message_id, provider_id)
+                uow.commit()
 
     def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
         """Several sends in flight at once: a provider answering in 200 ms would otherwise hold
@@ -345,18 +359,11 @@ class Scheduler:
         clock = self.context.clock
         event = self._event("notify.message.sent", message, clock, provider_id=provider_id,
                             status=SENT)
+        # A report that came before this commit is applied at the end of the round
+        # (_apply_early_reports).
         with one_statement(self.context.engine) as connection:
-            recorded = record_sent(connection, message.id, self.token, clock.now(),
-                                   provider_id, status, event)
-        if recorded and provider_id:
-            # After the sid is committed, so a report stored by a webhook that could not see
-            # it yet is found here, or that webhook finds the sid: one of the two applies it.
-            with one_statement(self.context.engine) as connection:
-                early = has_early_reports(connection, provider_id)
-            if early:
-                with self.context.uow() as uow:
-                    apply_early_reports(uow, self.context.texts, message.id, provider_id)
-                    uow.commit()
+            record_sent(connection, message.id, self.token, clock.now(), provider_id, status,
+                        event)
         log.info("message.sent", message_id=str(message.id), kind=message.kind,
                  channel=message.channel, provider_id=provider_id)
 

@@ -1,4 +1,5 @@
-"""The statements around every send (`start_sms_send`, `record_sent`, `has_early_reports`):
+"""The statements around every send (`start_sms_send`, `record_sent`, and once a round
+`recorded_early_reports`):
 one statement each on PostgreSQL, a short transaction on SQLite, the same outcome on both.
 A claim that is no longer ours records nothing, and a send is never begun before its slot."""
 from __future__ import annotations
@@ -17,9 +18,9 @@ from services.notify.db import (
     NotifyUnitOfWork,
     claim_due,
     early_reports,
-    has_early_reports,
     messages,
     record_sent,
+    recorded_early_reports,
     shared_tables,
     start_sms_send,
 )
@@ -150,13 +151,21 @@ def test_recording_a_send_settles_it_with_its_event_once(engine):
     assert outbox_types(engine) == ["notify.message.sent"]
 
 
-def test_early_reports_are_found_by_sid(engine):
+def test_early_reports_are_found_once_their_sid_is_recorded(engine):
+    """A kept report is only a match once a message carries its sid; reports for sids never
+    recorded (another system's messages on the account) are not."""
+    token, [message] = claimed(engine)
     with engine.begin() as connection:
-        connection.execute(early_reports.insert().values(
-            provider_id="SM1", status="delivered", received_at=NOW))
+        for sid, status in (("SM1", "sent"), ("SM1", "delivered"), ("SM2", "delivered")):
+            connection.execute(early_reports.insert().values(
+                provider_id=sid, status=status, received_at=NOW))
     with one_statement(engine) as connection:
-        assert has_early_reports(connection, "SM1")
-        assert not has_early_reports(connection, "SM2")
+        assert recorded_early_reports(connection) == []
+    with one_statement(engine) as connection:
+        record_sent(connection, message.id, token, NOW, "SM1", "queued",
+                    sent_event(message.id))
+    with one_statement(engine) as connection:
+        assert recorded_early_reports(connection) == [(message.id, "SM1")]
 
 
 def test_one_statement_commits_a_single_write_on_its_own(engine):
