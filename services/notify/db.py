@@ -295,8 +295,11 @@ class MessageRepository:
             messages.c.dedupe_key == dedupe_key, messages.c.status != CANCELLED)
         ).first() is not None
 
-    def get(self, message_id: uuid.UUID):
-        return self._c.execute(sa.select(messages).where(messages.c.id == message_id)).first()
+    def get(self, message_id: uuid.UUID, *, for_update: bool = False):
+        statement = sa.select(messages).where(messages.c.id == message_id)
+        if for_update:
+            statement = statement.with_for_update()
+        return self._c.execute(statement).first()
 
     def next_due_at(self) -> datetime | None:
         return self._c.execute(sa.select(sa.func.min(messages.c.due_at)).where(

@@ -80,5 +80,7 @@ def apply_early_reports(uow, texts, message_id: uuid.UUID, provider_id: str) -> 
     """Reports Twilio sent before we had recorded the message's sid (a fast callback racing
     our own commit), applied now that we have."""
     for report in uow.early_reports.take(provider_id):
-        apply_delivery_report(uow, texts, uow.messages.get(message_id), report.status,
-                              report.error_code)
+        # Locked, as the webhook locks it: a later report applied meanwhile must not be
+        # overwritten from a stale read.
+        apply_delivery_report(uow, texts, uow.messages.get(message_id, for_update=True),
+                              report.status, report.error_code)

@@ -65,6 +65,8 @@ RECHECK_SECONDS = 1.0
 KEEP_HISTORY = timedelta(days=90)
 KEEP_RECEIPTS = timedelta(days=30)
 MAYBE_SENT_HOLD = 30.0
+# How long a report that overtook its send may wait, while a round goes on, to be applied.
+EARLY_REPORT_SWEEP_SECONDS = 1.0
 
 
 class DueSignal:
@@ -131,6 +133,8 @@ class Scheduler:
                                 + "/webhooks/twilio/status")
         self._last_prune: float | None = None  # never: a new worker prunes at once
         self._senders: ThreadPoolExecutor | None = None     # made by run()
+        self._sweep_lock = threading.Lock()
+        self._swept_at = time.monotonic()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -177,18 +181,32 @@ class Scheduler:
         self._prune_now_and_then()
         return handled
 
-    def _apply_early_reports(self) -> None:
+    def _apply_early_reports(self, at_most_every: float = 0.0) -> None:
         """Reports a webhook kept because their sid was not recorded yet, applied now that it
-        is. Read after this round's sids were committed: a webhook that kept a report looks
-        for the sid again after its own commit, so whichever of the two comes second finds the
-        other's (and a report for a sid a crashed worker recorded is found by the next round
-        of any worker)."""
-        with one_statement(self.context.engine) as connection:
-            recorded = recorded_early_reports(connection)
+        is. Read after the sids were committed: a webhook that kept a report looks for the sid
+        again after its own commit, so whichever of the two comes second finds the other's (and
+        a report for a sid a crashed worker recorded is found by the next sweep of any worker).
+        At the end of every round, and during a long round (the SMS cap paces it) at most
+        every `at_most_every` seconds, so a fast "undelivered" is not held for the round. A
+        failure is logged and left to the next sweep: it must not stop the sending."""
+        with self._sweep_lock:
+            if at_most_every and time.monotonic() - self._swept_at < at_most_every:
+                return
+            self._swept_at = time.monotonic()
+        try:
+            with one_statement(self.context.engine) as connection:
+                recorded = recorded_early_reports(connection)
+        except Exception as error:
+            log.warning("early_reports.unread", error=type(error).__name__)
+            return
         for message_id, provider_id in recorded:
-            with self.context.uow() as uow:
-                apply_early_reports(uow, self.context.texts, message_id, provider_id)
-                uow.commit()
+            try:
+                with self.context.uow() as uow:
+                    apply_early_reports(uow, self.context.texts, message_id, provider_id)
+                    uow.commit()
+            except Exception as error:
+                log.warning("early_reports.unapplied", message_id=str(message_id),
+                            error=type(error).__name__)
 
     def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
         """Several sends in flight at once: a provider answering in 200 ms would otherwise hold
@@ -203,6 +221,7 @@ class Scheduler:
             except Exception as error:  # the database away mid-send: its lease brings it back
                 log.warning("message.unfinished", message_id=str(message.id),
                             error=type(error).__name__)
+            self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
         if self._senders is None or len(claimed) < 2:
             for message in claimed:
                 one(message)

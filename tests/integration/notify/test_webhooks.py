@@ -246,3 +246,26 @@ def test_a_report_on_a_message_sent_with_no_status_of_twilios_is_applied(notifie
                            .values(provider_status="unknown"))
     assert report(notifier, client, row.provider_id, "delivered").status_code == 204
     assert notifier.rows(id=row.id)[0].status == "delivered"
+
+
+def test_a_report_for_a_sid_a_dying_worker_recorded_is_applied_by_the_next_round(
+        notifier, client):
+    """The report came before the sid was recorded; the sender recorded it and died before
+    looking for kept reports. Any worker's next round applies it: nothing is stranded."""
+    from services.notify.db import record_sent
+    from shared.db import one_statement
+    from tests.integration.notify.test_notifier import _claimed_by_a_worker_that_dies
+    book(notifier, contact=contact(email_ok=False))
+    dying, message = _claimed_by_a_worker_that_dies(notifier, "sms")
+    sid = dying._send(message).provider_id
+    assert report(notifier, client, sid, "delivered").status_code == 204
+    with one_statement(notifier.context.engine) as connection:   # recorded, then the crash
+        assert record_sent(connection, message.id, dying.token, notifier.clock.now(), sid,
+                           "queued", dying._event("notify.message.sent", message,
+                                                  notifier.clock, status="sent"))
+    assert notifier.rows(kind="confirmation")[0].status == "sent"
+    notifier.dispatch()                              # another worker's round
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "delivered" and row.provider_id == sid
+    assert len(notifier.published("notify.message.delivered")) == 1
+    assert len(notifier.sms_to()) == 1
