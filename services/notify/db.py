@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -126,6 +127,10 @@ PENDING, SENDING, SENT, DELIVERED, FAILED, CANCELLED = (
 HANDED_OVER = "handed_over"
 
 
+def _context_text(context: dict) -> str:
+    return json.dumps(context, default=_json_default)
+
+
 def _json_default(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -181,16 +186,26 @@ class MessageRepository:
                 where=messages.c.status == CANCELLED,
             ).returning(messages.c.id)
 
-        rows = [self._row(p, None, now) for p in sorted(planned, key=lambda p: p.dedupe_key)]
+        # The messages of one plan share their context: each is encoded once.
+        encoded: dict[int, str] = {}
+
+        def context_text(context: dict) -> str:
+            if id(context) not in encoded:
+                encoded[id(context)] = _context_text(context)
+            return encoded[id(context)]
+
+        rows = [self._row(p, None, now, context_text)
+                for p in sorted(planned, key=lambda p: p.dedupe_key)]
         return len(insert_many(self._c, messages, rows, upsert).all())
 
     @staticmethod
-    def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime) -> dict:
+    def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime,
+             context_text: Callable[[dict], str] | None = None) -> dict:
         return dict(
             id=uuid.uuid4(), dedupe_key=planned.dedupe_key, kind=planned.kind,
             channel=planned.channel, to_address=planned.to,
             appointment_id=planned.appointment_id, patient_id=planned.patient_id,
-            context=json.dumps(planned.context, default=_json_default),
+            context=(context_text or _context_text)(planned.context),
             due_at=planned.due_at, status=PENDING, attempts=0, fallback_of=fallback_of,
             created_at=now, updated_at=now)
 
@@ -220,7 +235,7 @@ class MessageRepository:
             else:
                 context = {**json.loads(row.context), "starts_at": starts_at}
                 values = dict(status=PENDING, due_at=due_at, claim_token=None, lease_until=None,
-                              context=json.dumps(context, default=_json_default))
+                              context=_context_text(context))
             self._c.execute(messages.update().where(messages.c.id == row.id).values(
                 updated_at=now, **values))
 

@@ -67,7 +67,7 @@ def _plan(
             due_at=due_at,
             appointment_id=data.get("appointment_id"),
             patient_id=data.get("patient_id"),
-            context=dict(context),
+            context=context,            # one dict for the messages of one plan, read-only
             dedupe_key=f"{subject}:{kind}:{channel}:{due_at:%Y%m%dT%H%M}",
         )
         for channel, to in channels
