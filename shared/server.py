@@ -31,14 +31,18 @@ class _Gunicorn(BaseApplication):
 def serve(factory: Callable, host: str, port: int, workers: int | None = None,
           threads: int | None = None) -> None:
     cores = os.cpu_count() or 1
-    # Two threads per worker, the workers two per core: a request here is a few ms of Python
-    # around a few database round trips. Measured at 50 connections (make bench), 8 threads
-    # gave the same bookings per second as 2 but a p99 of ~200 ms against ~55 ms: threads
-    # beyond what waits on the database only queue for their process's interpreter.
+    # Two threads per worker, one worker per core (at least two, so that a worker being
+    # restarted never leaves the service without one): a request here is a few ms of Python
+    # around a few database round trips. Measured at 50 connections (make bench): 8 threads
+    # per worker gave the same bookings per second as 2 but a p99 of ~200 ms against ~55 ms,
+    # threads beyond what waits on the database only queueing for their process's
+    # interpreter; and two workers per core instead of one gave 15-20% fewer bookings per
+    # second and twice the p99 (677-833 against 847-959 per second on 2 cores), more
+    # processes taking turns on each core and on its caches.
     threads = threads or int(os.environ.get("WEB_THREADS", 2))
     _Gunicorn(factory, {
         "bind": f"{host}:{port}",
-        "workers": workers or int(os.environ.get("WEB_CONCURRENCY", cores * 2)),
+        "workers": workers or int(os.environ.get("WEB_CONCURRENCY", max(2, cores))),
         "worker_class": "gthread",
         "threads": threads,
         # A worker answers `threads` requests at a time; a connection it holds beyond that
