@@ -133,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--latencies", type=Path,
+                        help="also write each measured latency (seconds), one per line, here")
     args = parser.parse_args(argv)
     bodies = [line for line in args.bodies.read_bytes().splitlines() if line.strip()]
     run = Run(args, bodies)
     seconds = asyncio.run(drive(run, args.concurrency, args.warmup, args.duration))
     latencies = sorted(run.latencies)
     count = len(latencies)
+    if args.latencies:
+        args.latencies.write_text("".join(f"{value!r}\n" for value in latencies))
     json.dump({
         "requests": count,
         "seconds": seconds,

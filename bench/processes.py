@@ -76,12 +76,16 @@ def run(command: list[str], env: dict, timeout: float = 120.0) -> str:
 
 
 def load(port: int, path: str, bodies: Path, *, token: str = "", cycle: bool = False,
-         concurrency: int, warmup: float, duration: float, env: dict) -> dict:
-    """Drive a server with bench.loadgen in its own process; its JSON summary."""
+         concurrency: int, warmup: float, duration: float, env: dict,
+         latencies: Path | None = None) -> dict:
+    """Drive a server with bench.loadgen in its own process; its JSON summary (and, if asked,
+    every measured latency written to `latencies`)."""
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--path", path,
                "--bodies", str(bodies), "--concurrency", str(concurrency),
                "--warmup", str(warmup), "--duration", str(duration)]
     if cycle:
         command.append("--cycle")
+    if latencies is not None:
+        command += ["--latencies", str(latencies)]
     env = {**env, "BENCH_LOAD_TOKEN": token}
     return json.loads(run(command, env, timeout=warmup + duration + 120))
