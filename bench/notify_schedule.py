@@ -1,12 +1,14 @@
 """The notifier with a million messages scheduled: how late due reminders go out, how long a
 claim of 100 due messages takes, and how much memory the worker needs.
 
-One notify database serves all three (loading a million rows is the slow part):
+One notify database serves all three (loading a million rows is the slow part), and a second
+holds the 10 k of the claim's baseline:
 1. empty table: `clinic worker notify` sends 500 SMS reminders due over 10 s (the baseline
    lateness and memory);
-2. 10 k future reminders loaded: `claim_due` of 100 due SMS timed, each claim rolled back;
-3. 1 M future reminders: the same claim timing, then 500 more reminders due over 10 s sent by
-   a fresh worker (lateness and memory with 1 M scheduled).
+2. 1 M future reminders loaded, and 10 k in the second database: `claim_due` of 100 due SMS
+   timed in both, call by call in turns, each claim rolled back;
+3. 500 more reminders due over 10 s sent by a fresh worker (lateness and memory with 1 M
+   scheduled).
 Lateness is `sent_at - due_at` as the scheduler records it (after Twilio answered).
 """
 from __future__ import annotations
@@ -56,51 +58,59 @@ def lateness_round(env: dict, url: str, twilio, workdir, tag: str) -> dict:
             "rss": current, "peak": peak}
 
 
-def claim_timings(url: str, tag: str) -> dict:
-    """`claim_due` of CLAIM due SMS, CLAIM_ROUNDS times, each in a transaction rolled back so
-    every round finds the same rows; milliseconds. The due rows sit a day ahead, before any
-    loaded reminder, and the claim's `now` is moved there, so no running worker sees them."""
+def claim_timings(urls: dict[str, str]) -> dict[str, dict]:
+    """`claim_due` of CLAIM due SMS in each database, CLAIM_ROUNDS times, the databases taking
+    turns call by call so that a slow spell of the machine weighs on all alike; each claim in
+    a transaction rolled back so every round finds the same rows; milliseconds. The due rows
+    sit a day ahead, before any loaded reminder, and the claim's `now` is moved there, so no
+    running worker sees them."""
     at = stack.now() + timedelta(days=1)
-    stack.add_due_sms(url, [at] * CLAIM, f"claim-{tag}")
-    engine = sa.create_engine(url)
-    timings = []
+    for name, url in urls.items():
+        stack.add_due_sms(url, [at] * CLAIM, f"claim-{name}")
+    engines = {name: sa.create_engine(url) for name, url in urls.items()}
+    timings: dict[str, list[float]] = {name: [] for name in urls}
     try:
-        with engine.connect() as connection:
-            for _ in range(CLAIM_ROUNDS + 1):
+        connections = {name: engine.connect() for name, engine in engines.items()}
+        for _ in range(CLAIM_ROUNDS + 1):
+            for name, connection in connections.items():
                 transaction = connection.begin()
                 started = time.perf_counter()
                 claimed = claim_due(connection, at + timedelta(minutes=1), CLAIM,
                                     timedelta(seconds=60), uuid.uuid4(), channel="sms")
-                timings.append((time.perf_counter() - started) * 1000)
+                timings[name].append((time.perf_counter() - started) * 1000)
                 transaction.rollback()
                 if len(claimed) != CLAIM:
                     raise RuntimeError(f"claimed {len(claimed)} of {CLAIM} due messages")
-        # The claim rows leave again so the next stage starts from the same due set.
-        with engine.begin() as connection:
+        for name, connection in connections.items():
+            # The claim rows leave again so the next stage starts from the same due set.
             connection.execute(sa.text("DELETE FROM messages WHERE dedupe_key LIKE :key"),
-                               {"key": f"bench-claim-{tag}-%"})
+                               {"key": f"bench-claim-{name}-%"})
+            connection.commit()
+            connection.close()
     finally:
-        engine.dispose()
-    timings = timings[1:]                       # the first warms the caches
-    return {"median": median(timings), "p95": percentile(timings, 0.95)}
+        for engine in engines.values():
+            engine.dispose()
+    return {name: {"median": median(values[1:]),        # the first warms the caches
+                   "p95": percentile(values[1:], 0.95)} for name, values in timings.items()}
 
 
 def measure(settings: Settings) -> list[Row]:
     workdir = settings.workdir / "notify_schedule"
     workdir.mkdir(parents=True, exist_ok=True)
-    with postgres_databases("notify") as urls, rabbitmq_vhost() as amqp_url, \
+    with postgres_databases("notify", "small") as urls, rabbitmq_vhost() as amqp_url, \
             stack.TimedTwilio() as twilio:
-        url = urls["notify"]
+        url, small_url = urls["notify"], urls.pop("small")
         stack.migrate(url)
+        stack.migrate(small_url)
         env = stack.environment(urls, amqp_url, workdir, twilio)
 
         empty = lateness_round(env, url, twilio, workdir, "empty")
-        stack.load_scheduled(url, SMALL, stack.now() + timedelta(days=2), "small")
-        claim_small = claim_timings(url, "small")
-        load_seconds = stack.load_scheduled(url, LARGE - SMALL,
-                                            stack.now() + timedelta(days=2, hours=6), "large")
+        stack.load_scheduled(small_url, SMALL, stack.now() + timedelta(days=2), "small")
+        load_seconds = stack.load_scheduled(url, LARGE, stack.now() + timedelta(days=2),
+                                            "large")
         pending = stack.query(url, "SELECT count(*) FROM messages WHERE status = 'pending'")[0][0]
-        claim_large = claim_timings(url, "large")
+        claims = claim_timings({"small": small_url, "large": url})
+        claim_small, claim_large = claims["small"], claims["large"]
         twilio.reset()
         full = lateness_round(env, url, twilio, workdir, "full")
 
