@@ -93,11 +93,13 @@ def test_a_worker_process_prunes_when_it_starts(postgres_url, amqp_url):
         fill(engine, tables)
         for thread in threads:
             thread.start()
+        # The tables are pruned one after the other, each in its own transactions: wait for
+        # the last one too, not only the first seen done.
         deadline = time.monotonic() + 10
-        while left(engine, tables)["processed_events"] != ["event-1"]:
+        while (left(engine, tables)["processed_events"],
+               left(engine, tables)["idempotency_keys"]) != (["event-1"], ["key-1"]):
             assert time.monotonic() < deadline, "the worker did not prune at start"
             time.sleep(0.05)
-        assert left(engine, tables)["idempotency_keys"] == ["key-1"]
     finally:
         stop.set()
         for thread in threads:
