@@ -36,7 +36,7 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_at_checkout(postgres
     try:
         before = _backend(engine)
         with psycopg.connect(_libpq(postgres_url), autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (before,))
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (before,))  # waits for exit
         time.sleep(0.2)  # the goodbye reaches the pooled connection's socket
 
         after = _backend(engine)  # no error: the dropped connection was not handed out
@@ -163,7 +163,7 @@ def test_a_connection_the_server_drops_inside_one_statement_fails_as_a_lost_conn
         with pytest.raises(sa.exc.OperationalError), one_statement(engine) as connection:
             pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar()
             with psycopg.connect(_libpq(postgres_url), autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
             time.sleep(0.2)
             connection.execute(sa.text("SELECT 1"))
         with engine.connect() as connection:

@@ -52,6 +52,28 @@ def _pika_channel(amqp_url):
     return connection, connection.channel()
 
 
+def _wait_for_consumer(amqp_url, service="test", timeout=20.0):
+    """Until the consumer thread has declared its queue and consumes from it: an event
+    published before then would find nothing bound to take it."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            channel = connection.channel()
+            try:
+                if channel.queue_declare(queue_name(service), passive=True
+                                         ).method.consumer_count:
+                    return
+            except pika.exceptions.ChannelClosedByBroker:
+                pass                                # not declared yet
+            else:
+                channel.close()
+            assert time.monotonic() < deadline, "the consumer never started consuming"
+            time.sleep(0.05)
+    finally:
+        connection.close()
+
+
 def _drain(channel, queue, expected, timeout=20.0):
     bodies, deadline = [], time.monotonic() + timeout
     while len(bodies) < expected and time.monotonic() < deadline:
@@ -242,7 +264,7 @@ def test_consumer_applies_each_event_once_even_when_redelivered(store, amqp_url)
     events = _write_events(engine, tables, 20)
     publisher = Publisher(amqp_url)
     relay = OutboxRelay(engine, tables.outbox, publisher, CLOCK, "test")
-    time.sleep(0.5)  # let the consumer declare its queue before the first publish
+    _wait_for_consumer(amqp_url)
     relay.publish_pending()
     # Publish the very same rows again, as a relay would after dying before marking them.
     with engine.begin() as conn:
@@ -307,7 +329,7 @@ def test_handler_that_keeps_failing_is_parked_after_the_delivery_limit(store, am
 
     connection, channel = _pika_channel(amqp_url)
     stop, thread = _run_consumer(amqp_url, {"test.thing.happened": broken})
-    time.sleep(0.5)
+    _wait_for_consumer(amqp_url)
     event = new_event("/test", "test.thing.happened", "s", {"n": 1}, CLOCK)
     from shared.events import encode
     channel.basic_publish("clinic.events", "test.thing.happened", encode(event),
