@@ -3,9 +3,9 @@ sending reminders that are all due to FakeTwilio, against raw HTTP POSTs of the 
 bodies to the same FakeTwilio; and the same scheduler under SMS_MAX_PER_SECOND=100.
 
 The scheduler and the baseline take turns (ROUNDS of 200 SMS each), so that a slow spell of
-the machine weighs on both. Rates are taken where the messages arrive: (n - 1) / (last arrival - first arrival) at
-FakeTwilio, so start-up is not counted for either side. Both sides share this process (and
-its GIL) with FakeTwilio.
+the machine weighs on both. Rates are taken where the messages arrive: (n - 1) / (last
+arrival - first arrival) at FakeTwilio, so start-up is not counted for either side. Both
+sides share this process (and its GIL) with FakeTwilio.
 """
 from __future__ import annotations
 

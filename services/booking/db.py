@@ -417,7 +417,7 @@ _INSERT_IF_FREE = appointments.insert().from_select(
 ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount is otherwise not kept
 
 
-def _book_at_once() -> sa.Select:
+def _book_at_once_statement() -> sa.Select:
     """WITH diary (its lock), booked (INSERT ... FROM diary WHERE no overlap RETURNING id),
     announced (the outbox row FROM booked) SELECT count(*) FROM booked. The inserted row
     comes from `diary`'s one row, so the lock is held before the row is written (the overlap
@@ -432,7 +432,7 @@ def _book_at_once() -> sa.Select:
     return sa.select(sa.func.count()).select_from(booked).add_cte(announced)
 
 
-_BOOK_AT_ONCE = _book_at_once()
+_BOOK_AT_ONCE = _book_at_once_statement()
 
 
 def _appointment_values(a: Appointment) -> dict:
