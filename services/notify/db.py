@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +29,10 @@ from shared.db import (
     insert_ignoring_duplicates,
     insert_many,
     outbox_channel,
+    outbox_insert_for_each,
+    outbox_parameters,
 )
-from shared.events import Event, encode
+from shared.events import Event
 
 metadata = sa.MetaData()
 shared_tables = add_shared_tables(metadata)
@@ -160,7 +161,8 @@ class MessageRepository:
     def schedule(self, planned: PlannedMessage, fallback_of: uuid.UUID | None = None) -> bool:
         """Store a planned message unless the same one (dedupe key) is stored already."""
         return insert_ignoring_duplicates(self._c, messages,
-                                          self._row(planned, fallback_of, self._clock.now()))
+                                          self._row(planned, fallback_of, self._clock.now(),
+                                                    _context_text(planned.context)))
 
     def schedule_all(self, planned: list[PlannedMessage]) -> int:
         """Store planned messages in one statement; how many were new or revived.
@@ -186,26 +188,21 @@ class MessageRepository:
                 where=messages.c.status == CANCELLED,
             ).returning(messages.c.id)
 
-        # The messages of one plan share their context: each is encoded once.
-        encoded: dict[int, str] = {}
-
-        def context_text(context: dict) -> str:
-            if id(context) not in encoded:
-                encoded[id(context)] = _context_text(context)
-            return encoded[id(context)]
-
-        rows = [self._row(p, None, now, context_text)
+        # The messages of one plan share their context dict: each is encoded once.
+        contexts = {id(p.context): p.context for p in planned}
+        encoded = {key: _context_text(context) for key, context in contexts.items()}
+        rows = [self._row(p, None, now, encoded[id(p.context)])
                 for p in sorted(planned, key=lambda p: p.dedupe_key)]
         return len(insert_many(self._c, messages, rows, upsert).all())
 
     @staticmethod
     def _row(planned: PlannedMessage, fallback_of: uuid.UUID | None, now: datetime,
-             context_text: Callable[[dict], str] | None = None) -> dict:
+             context_text: str) -> dict:
         return dict(
             id=uuid.uuid4(), dedupe_key=planned.dedupe_key, kind=planned.kind,
             channel=planned.channel, to_address=planned.to,
             appointment_id=planned.appointment_id, patient_id=planned.patient_id,
-            context=(context_text or _context_text)(planned.context),
+            context=context_text,
             due_at=planned.due_at, status=PENDING, attempts=0, fallback_of=fallback_of,
             created_at=now, updated_at=now)
 
@@ -496,26 +493,31 @@ def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
             Outbox(connection, shared_tables.outbox, clock, outbox_channel("notify")).add(event)
         return settled
     return connection.execute(_RECORD_SENT, dict(
-        id=message_id, token=token, now=now, provider_id=provider_id,
-        provider_status=provider_status, event_id=event.id, type=event.type,
-        subject=event.subject, body=encode(event), channel=outbox_channel("notify"),
+        message_id=message_id, token=token, now=now, provider_id=provider_id,
+        provider_status=provider_status,
+        **outbox_parameters(event, FixedClock(now), outbox_channel("notify")),
     )).rowcount == 1
 
 
-_RECORD_SENT = sa.text(f"""
-    WITH settled AS (
-        UPDATE messages
-           SET status = '{SENT}', sent_at = :now, provider_id = :provider_id,
-               provider_status = :provider_status, error = NULL, error_code = NULL,
-               claim_token = NULL, lease_until = NULL, updated_at = :now
-         WHERE id = :id AND claim_token = :token AND status = '{SENDING}'
-        RETURNING id)
-    -- the columns shared.db's Outbox.add writes
-    INSERT INTO {shared_tables.outbox.name} (event_id, type, subject, body, created_at)
-    SELECT :event_id, :type, :subject, :body, :now
-      FROM settled, pg_notify(:channel, '')
-""").bindparams(sa.bindparam("now", type_=UTCDateTime),
-                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid))
+def _record_sent_statement() -> sa.Insert:
+    """WITH settled (the claim's row, set `sent`, RETURNING id) INSERT INTO outbox ... FROM
+    settled: the event's row (and the relay's wake-up) only when the update matched."""
+    now = sa.bindparam("now", type_=UTCDateTime)
+    settled = messages.update().where(
+        # Not named "id": a parameter named after a column would also be SET by the UPDATE.
+        messages.c.id == sa.bindparam("message_id", type_=sa.Uuid),
+        messages.c.claim_token == sa.bindparam("token", type_=sa.Uuid),
+        messages.c.status == SENDING,
+    ).values(
+        status=SENT, sent_at=now, provider_id=sa.bindparam("provider_id", type_=sa.String),
+        provider_status=sa.bindparam("provider_status", type_=sa.String), error=None,
+        error_code=None, claim_token=None, lease_until=None, updated_at=now,
+    ).returning(messages.c.id).cte("settled")
+    return outbox_insert_for_each(shared_tables.outbox, settled).execution_options(
+        preserve_rowcount=True)         # an INSERT's rowcount is otherwise not kept
+
+
+_RECORD_SENT = _record_sent_statement()
 
 
 def recorded_early_reports(connection: Connection, limit: int = 100
