@@ -35,6 +35,7 @@ from shared.db import (
     outbox_insert_for_each,
     outbox_parameters,
 )
+from shared.direct import DirectStatement
 from shared.events import Event
 
 metadata = sa.MetaData()
@@ -252,44 +253,15 @@ class AppointmentRepository:
             return None
         return values
 
-    def book_at_once(self, appointment: Appointment, intake_form_status: str,
-                     event_parameters: dict) -> dict | None:
-        """PostgreSQL, on a connection in autocommit (`shared.db.one_statement`): the
-        appointment, if its time is free, and its outbox row, in one statement, so one round
-        trip and atomic by itself. The row as written; None when the time is taken.
-
-        The overlap check reads the snapshot the statement started with, and PostgreSQL
-        evaluates it before anything else, so before the diary is taken (see `_book_at_once`):
-        a booking committed while this one waited for the diary is not seen by it, and the
-        exclusion constraint refuses the overlap (IntegrityError, SQLSTATE 23P01). The diary
-        still makes writers into one diary take turns, so they do not deadlock each other in
-        the constraint's check."""
-        now = self._clock.now()
-        values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
-                  "created_at": now, "updated_at": now}
-        booked = self._c.execute(_BOOK_AT_ONCE, {
-            **values, **event_parameters,
-            "diary": _diary_key(appointment.clinician_id)}).scalar_one()
-        return values if booked == 1 else None
-
     def booking_parties(self, patient_id: uuid.UUID, clinician_id: uuid.UUID,
                         treatment_code: str, *, hold_diary: bool) -> BookingParties:
         """Who and what a booking names, and whether the patient was ever booked: one round
         trip instead of four, on the path every booking takes. With `hold_diary`, on
         PostgreSQL, the same trip holds the clinician's diary until commit (see hold_diary)."""
         locking = hold_diary and self._c.dialect.name == "postgresql"
-        row = self._c.execute(_BOOKING_PARTIES_HOLDING_DIARY if locking else _BOOKING_PARTIES, {
-            "patient_id": patient_id, "clinician_id": clinician_id,
-            "treatment_code": treatment_code, "diary": _diary_key(clinician_id)}).one()
-        patient = _part(row, 0, _CONTACT_COLUMNS)
-        clinician = _part(row, len(_CONTACT_COLUMNS), clinicians.c)
-        treatment = _part(row, len(_CONTACT_COLUMNS) + len(clinicians.c), treatments.c)
-        return BookingParties(
-            patient=PatientContact(**vars(patient)) if patient else None,
-            clinician=_clinician(clinician) if clinician else None,
-            treatment=_treatment(treatment) if treatment else None,
-            booked_before=row.booked_before,
-        )
+        return _booking_parties(self._c.execute(
+            _BOOKING_PARTIES_HOLDING_DIARY if locking else _BOOKING_PARTIES,
+            _parties_parameters(patient_id, clinician_id, treatment_code)).one())
 
     def hold_diary(self, clinician_id: uuid.UUID) -> None:
         """Bookings into one clinician's diary take turns until commit. Without this, two
@@ -357,14 +329,32 @@ class BookingParties:
     booked_before: bool
 
 
-def _part(row, start: int, columns) -> SimpleNamespace | None:
+def _booking_parties(row) -> BookingParties:
+    """From a row of _BOOKING_PARTIES (or a tuple in its column order)."""
+    patient = _part(row, 0, _CONTACT_COLUMNS)
+    clinician = _part(row, _CLINICIAN_AT, clinicians.c)
+    treatment = _part(row, _TREATMENT_AT, treatments.c)
+    return BookingParties(
+        patient=PatientContact(**patient) if patient else None,
+        clinician=_clinician(SimpleNamespace(**clinician)) if clinician else None,
+        treatment=_treatment(SimpleNamespace(**treatment)) if treatment else None,
+        booked_before=row[_BOOKED_BEFORE_AT],
+    )
+
+
+def _part(row, start: int, columns) -> dict | None:
     """These columns of a joined row, from position `start`, under their own names as the
     mappers read them; None when the outer join found nothing (the first column, the primary
     key, is null)."""
-    values = row[start:start + len(columns)]
-    if values[0] is None:
+    if row[start] is None:
         return None
-    return SimpleNamespace(**dict(zip((c.key for c in columns), values, strict=True)))
+    return dict(zip((c.key for c in columns), row[start:start + len(columns)], strict=True))
+
+
+def _parties_parameters(patient_id: uuid.UUID, clinician_id: uuid.UUID,
+                        treatment_code: str) -> dict:
+    return {"patient_id": patient_id, "clinician_id": clinician_id,
+            "treatment_code": treatment_code, "diary": _diary_key(clinician_id)}
 
 
 # A booking's event carries the patient's contact channel only; the rest of the record
@@ -373,6 +363,9 @@ _CONTACT_COLUMNS = (patients.c.id, patients.c.phone, patients.c.email, patients.
                     patients.c.consent_email)
 _patient_id = sa.bindparam("patient_id", type_=sa.Uuid)
 _clinician_id = sa.bindparam("clinician_id", type_=sa.Uuid)
+_CLINICIAN_AT = len(_CONTACT_COLUMNS)
+_TREATMENT_AT = _CLINICIAN_AT + len(clinicians.c)
+_BOOKED_BEFORE_AT = _TREATMENT_AT + len(treatments.c)
 _BOOKING_PARTIES = (
     sa.select(
         *_CONTACT_COLUMNS, *clinicians.c, *treatments.c,
@@ -435,6 +428,42 @@ def _book_at_once_statement() -> sa.Select:
 _BOOK_AT_ONCE = _book_at_once_statement()
 
 
+class BookingAtOnce:
+    """PostgreSQL, on a connection in autocommit (`BookingUnitOfWork.one_statement_at_a_time`):
+    a booking as one read and one write, each its own transaction. The hottest path of the
+    service, so both statements run straight on the driver (`shared.direct`)."""
+
+    _parties = DirectStatement(_BOOKING_PARTIES)
+    _book = DirectStatement(_BOOK_AT_ONCE)
+
+    def __init__(self, connection: Connection, clock: Clock):
+        self._c, self._clock = connection, clock
+
+    def booking_parties(self, patient_id: uuid.UUID, clinician_id: uuid.UUID,
+                        treatment_code: str) -> BookingParties:
+        """As `AppointmentRepository.booking_parties`, without holding the diary."""
+        return _booking_parties(self._parties.one(
+            self._c, _parties_parameters(patient_id, clinician_id, treatment_code)))
+
+    def book_at_once(self, appointment: Appointment, intake_form_status: str,
+                     event_parameters: dict) -> dict | None:
+        """The appointment, if its time is free, and its outbox row, in one statement, so one
+        round trip and atomic by itself. The row as written; None when the time is taken.
+
+        The overlap check reads the snapshot the statement started with, and PostgreSQL
+        evaluates it before anything else, so before the diary is taken (see `_book_at_once`):
+        a booking committed while this one waited for the diary is not seen by it, and the
+        exclusion constraint refuses the overlap (IntegrityError, SQLSTATE 23P01). The diary
+        still makes writers into one diary take turns, so they do not deadlock each other in
+        the constraint's check."""
+        now = self._clock.now()
+        values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
+                  "created_at": now, "updated_at": now}
+        (booked,) = self._book.one(self._c, {
+            **values, **event_parameters, "diary": _diary_key(appointment.clinician_id)})
+        return values if booked == 1 else None
+
+
 def _appointment_values(a: Appointment) -> dict:
     return dict(id=a.id, patient_id=a.patient_id, clinician_id=a.clinician_id,
                 treatment_code=a.treatment_code, starts_at=a.starts_at, ends_at=a.ends_at,
@@ -483,12 +512,12 @@ class BookingUnitOfWork(UnitOfWork):
         super().__init__(engine, shared_tables, clock, outbox_channel("booking"))
 
     @contextlib.contextmanager
-    def one_statement_at_a_time(self) -> Iterator[AppointmentRepository]:
-        """Appointments on a connection of their own, outside this unit of work's transaction,
-        where on PostgreSQL each statement commits by itself (`shared.db.one_statement`): for
-        a use case that is one read and then one write that must be atomic alone."""
+    def one_statement_at_a_time(self) -> Iterator[BookingAtOnce]:
+        """A booking's read and write on a connection of their own, outside this unit of work's
+        transaction, where each statement commits by itself (`shared.db.one_statement`).
+        PostgreSQL only."""
         with one_statement(self.engine) as connection:
-            yield AppointmentRepository(connection, self.clock)
+            yield BookingAtOnce(connection, self.clock)
 
     def outbox_parameters(self, event: Event) -> dict:
         return outbox_parameters(event, self.clock, self._notify_channel)

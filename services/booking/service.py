@@ -124,8 +124,7 @@ def _book_at_once(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id: u
     """The booking written in one statement; None, with nothing written, when the time looked
     taken or the statement lost a race: the transactional path then decides."""
     with uow.one_statement_at_a_time() as appointments:
-        parties = appointments.booking_parties(patient_id, clinician_id, treatment_code,
-                                               hold_diary=False)
+        parties = appointments.booking_parties(patient_id, clinician_id, treatment_code)
         booking = _new_booking(uow, parties, patient_id, starts_at, tz)
         try:
             return appointments.book_at_once(booking.appointment, booking.intake_form_status,
