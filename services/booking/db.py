@@ -249,7 +249,8 @@ class AppointmentRepository:
         now = self._clock.now()
         values = {**_appointment_values(appointment), "intake_form_status": intake_form_status,
                   "created_at": now, "updated_at": now}
-        if self._c.execute(_INSERT_IF_FREE, values).rowcount != 1:
+        statement = _INSERT_IF_FREE[self._c.dialect.name == "postgresql"]
+        if self._c.execute(statement, values).rowcount != 1:
             return None
         return values
 
@@ -304,13 +305,8 @@ class AppointmentRepository:
 
     def taken(self, clinician_id: uuid.UUID, start: datetime, end: datetime,
               excluding: uuid.UUID | None = None) -> list[tuple[datetime, datetime]]:
-        statement = sa.select(appointments.c.starts_at, appointments.c.ends_at).where(
-            appointments.c.clinician_id == clinician_id,
-            appointments.c.status.in_(ACTIVE_STATUSES),
-            appointments.c.starts_at < end, appointments.c.ends_at > start,
-        )
-        if excluding:
-            statement = statement.where(appointments.c.id != excluding)
+        statement = taken_statement(clinician_id, start, end, excluding,
+                                    ranges=self._c.dialect.name == "postgresql")
         return [(r.starts_at, r.ends_at) for r in self._c.execute(statement).all()]
 
     def for_patient(self, patient_id: uuid.UUID) -> list[Appointment]:
@@ -397,17 +393,54 @@ def _diary_key(clinician_id: uuid.UUID) -> int:
 
 _NEW_APPOINTMENT = {column.key: sa.bindparam(column.key, type_=column.type)
                     for column in appointments.c}
-# Not `in_()` for the statuses: its expanding list is rendered into the SQL again on every
-# execution.
-_NO_OVERLAP = ~sa.exists().where(
-    appointments.c.clinician_id == _NEW_APPOINTMENT["clinician_id"],
-    sa.or_(*(appointments.c.status == status for status in ACTIVE_STATUSES)),
-    appointments.c.starts_at < _NEW_APPOINTMENT["ends_at"],
-    appointments.c.ends_at > _NEW_APPOINTMENT["starts_at"],
-)
-_INSERT_IF_FREE = appointments.insert().from_select(
-    list(_NEW_APPOINTMENT), sa.select(*_NEW_APPOINTMENT.values()).where(_NO_OVERLAP),
-).execution_options(preserve_rowcount=True)  # an INSERT's rowcount is otherwise not kept
+# The statuses as literals, not parameters: the exclusion constraint's index covers active
+# appointments only (WHERE status IN ('booked', 'attended')), and PostgreSQL uses a partial
+# index only where it can prove the query asks for no other rows, which it cannot from
+# parameters once a prepared statement runs on its generic plan.
+_ACTIVE = appointments.c.status.in_([sa.literal_column(f"'{status}'")
+                                     for status in ACTIVE_STATUSES])
+
+
+def _time_range(start, end) -> sa.ColumnElement:
+    return sa.func.tstzrange(start, end, sa.literal_column("'[)'"))
+
+
+def _overlapping(start, end, *, ranges: bool) -> sa.ColumnElement:
+    """Appointments whose time overlaps [start, end). On PostgreSQL (`ranges`) as the range
+    overlap the exclusion constraint's GiST index answers by clinician and time, so the cost
+    stays flat however long a clinician's diary grows; `starts_at < end AND ends_at > start`
+    instead reads every earlier appointment of the clinician (measured: 105 rows read for a
+    booking into a diary of 105)."""
+    if ranges:
+        return _time_range(appointments.c.starts_at, appointments.c.ends_at).op(
+            "&&", is_comparison=True)(_time_range(start, end))
+    return sa.and_(appointments.c.starts_at < end, appointments.c.ends_at > start)
+
+
+def taken_statement(clinician_id, start, end, excluding=None, *, ranges: bool) -> sa.Select:
+    """The clinician's active appointments overlapping [start, end)."""
+    statement = sa.select(appointments.c.starts_at, appointments.c.ends_at).where(
+        appointments.c.clinician_id == clinician_id, _ACTIVE,
+        _overlapping(start, end, ranges=ranges))
+    if excluding:
+        statement = statement.where(appointments.c.id != excluding)
+    return statement
+
+
+def _insert_if_free(ranges: bool) -> sa.Insert:
+    return appointments.insert().from_select(
+        list(_NEW_APPOINTMENT),
+        sa.select(*_NEW_APPOINTMENT.values()).where(_no_overlap(ranges)),
+    ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount is otherwise not kept
+
+
+def _no_overlap(ranges: bool) -> sa.ColumnElement:
+    return ~sa.exists().where(
+        appointments.c.clinician_id == _NEW_APPOINTMENT["clinician_id"], _ACTIVE,
+        _overlapping(_NEW_APPOINTMENT["starts_at"], _NEW_APPOINTMENT["ends_at"], ranges=ranges))
+
+
+_INSERT_IF_FREE = {True: _insert_if_free(ranges=True), False: _insert_if_free(ranges=False)}
 
 
 def _book_at_once_statement() -> sa.Select:
@@ -419,7 +452,7 @@ def _book_at_once_statement() -> sa.Select:
         _DIARY_LOCKS, sa.bindparam("diary", type_=sa.Integer)).label("held")).cte("diary")
     booked = appointments.insert().from_select(
         list(_NEW_APPOINTMENT),
-        sa.select(*_NEW_APPOINTMENT.values()).select_from(diary).where(_NO_OVERLAP),
+        sa.select(*_NEW_APPOINTMENT.values()).select_from(diary).where(_no_overlap(ranges=True)),
     ).returning(appointments.c.id).cte("booked")
     announced = outbox_insert_for_each(shared_tables.outbox, booked).cte("announced")
     return sa.select(sa.func.count()).select_from(booked).add_cte(announced)

@@ -16,9 +16,17 @@ import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from services.booking import service
-from services.booking.db import AppointmentRepository, BookingUnitOfWork, appointments
+from services.booking.db import (
+    _BOOK_AT_ONCE,
+    _INSERT_IF_FREE,
+    AppointmentRepository,
+    BookingUnitOfWork,
+    appointments,
+    taken_statement,
+)
 from services.booking.model import Appointment
 from shared.db import outbox_channel
 from shared.errors import Conflict
@@ -411,3 +419,53 @@ def test_a_refused_booking_writes_no_event_and_a_booked_one_writes_exactly_one(p
     events = site.events()[before:]
     assert [(e["type"], e["data"]["appointment_id"]) for e in events] == [
         ("booking.appointment.booked", str(booked["id"]))]
+
+
+def _generic_plan(engine, statement: sa.Executable, values: dict) -> str:
+    """The plan PostgreSQL runs `statement` with once it is a prepared statement on its
+    generic plan (psycopg prepares a statement run five times; the server then plans for
+    any parameters, not for these), in text."""
+    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    bound = compiled.construct_params(values)
+    arguments = [bound[name] for name in compiled.positiontup]
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        driver.execute("SET plan_cache_mode = force_generic_plan")
+        driver.execute(f"PREPARE probe AS {compiled}")
+        try:
+            cursor = psycopg.ClientCursor(driver)
+            cursor.execute("EXPLAIN EXECUTE probe (" + ", ".join(["%s"] * len(arguments))
+                           + ")", arguments)
+            return "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            driver.execute("DEALLOCATE probe")
+            driver.execute("RESET plan_cache_mode")
+
+
+def test_the_overlap_checks_find_a_clinicians_time_through_the_constraints_index(pg_booking):
+    """A booking's check for a clashing appointment, and availability's read of the taken
+    times, must cost the same for a clinician with years of diary as for a new one: both are
+    asked as a range overlap, which the exclusion constraint's GiST index answers by clinician
+    AND time. Asked as `starts_at < end AND ends_at > start`, the index could only narrow by
+    clinician, and every earlier appointment was read."""
+    site = pg_booking
+    start = datetime(2027, 3, 2, 10, tzinfo=UTC)
+    end = start + timedelta(minutes=30)
+    booking = {column.key: None for column in appointments.c} | {
+        "id": uuid.uuid4(), "patient_id": uuid.UUID(site.patient_id),
+        "clinician_id": site.shah, "treatment_code": "TPI", "starts_at": start, "ends_at": end,
+        "status": "booked", "confirmed": False, "intake_form_status": "sent",
+        "created_at": start, "updated_at": start, "diary": 1}
+    event = {"event_event_id": "e", "event_type": "t", "event_subject": "s",
+             "event_body": b"{}", "event_created_at": start, "event_channel": "c"}
+    plans = {
+        "one-statement booking": _generic_plan(site.engine, _BOOK_AT_ONCE, booking | event),
+        "transactional booking": _generic_plan(site.engine, _INSERT_IF_FREE[True], booking),
+        "availability": _generic_plan(
+            site.engine, taken_statement(site.shah, start, end, ranges=True), {}),
+    }
+    for use, plan in plans.items():
+        scan = [line for line in plan.splitlines() if "no_double_booking" in line]
+        assert scan, f"{use}: the constraint's index is not used:\n{plan}"
+        conditions = plan.split(scan[0], 1)[1].splitlines()[1]
+        assert "Index Cond" in conditions and "&&" in conditions, f"{use}:\n{plan}"
