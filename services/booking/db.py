@@ -409,8 +409,8 @@ def _overlapping(start, end, *, ranges: bool) -> sa.ColumnElement:
     """Appointments whose time overlaps [start, end). On PostgreSQL (`ranges`) as the range
     overlap the exclusion constraint's GiST index answers by clinician and time, so the cost
     stays flat however long a clinician's diary grows; `starts_at < end AND ends_at > start`
-    instead reads every earlier appointment of the clinician (measured: 105 rows read for a
-    booking into a diary of 105)."""
+    instead read every appointment of the clinician (105 rows for a booking into a diary of
+    105; docs/architecture.md, "Finding a clinician's time")."""
     if ranges:
         return _time_range(appointments.c.starts_at, appointments.c.ends_at).op(
             "&&", is_comparison=True)(_time_range(start, end))
