@@ -296,8 +296,13 @@ class AppointmentRepository:
             sa.select(appointments).where(appointments.c.id == appointment_id)).first()
 
     def between(self, start: datetime, end: datetime, clinician_id: uuid.UUID | None = None):
+        """Every appointment overlapping [start, end), cancelled ones included. On PostgreSQL
+        read between two bounds of `starts_at` (none starts more than a day before what it
+        overlaps: constraint appointment_within_a_day), so a day costs the same in the
+        clinic's tenth year as in its first."""
         statement = (sa.select(appointments)
-                     .where(appointments.c.starts_at < end, appointments.c.ends_at > start)
+                     .where(day_list_window(start, end,
+                                            bounded=self._c.dialect.name == "postgresql"))
                      .order_by(appointments.c.starts_at))
         if clinician_id:
             statement = statement.where(appointments.c.clinician_id == clinician_id)
@@ -415,6 +420,19 @@ def _overlapping(start, end, *, ranges: bool) -> sa.ColumnElement:
         return _time_range(appointments.c.starts_at, appointments.c.ends_at).op(
             "&&", is_comparison=True)(_time_range(start, end))
     return sa.and_(appointments.c.starts_at < end, appointments.c.ends_at > start)
+
+
+LONGEST_APPOINTMENT = timedelta(hours=24)   # PostgreSQL: constraint appointment_within_a_day
+
+
+def day_list_window(start: datetime, end: datetime, *, bounded: bool) -> sa.ColumnElement:
+    overlapping = sa.and_(appointments.c.starts_at < end, appointments.c.ends_at > start)
+    if bounded and start - _EARLIEST > LONGEST_APPOINTMENT:   # not for a day in year 1
+        return sa.and_(appointments.c.starts_at >= start - LONGEST_APPOINTMENT, overlapping)
+    return overlapping
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def taken_statement(clinician_id, start, end, excluding=None, *, ranges: bool) -> sa.Select:

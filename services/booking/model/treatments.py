@@ -31,6 +31,11 @@ class FollowUpPlan:
             raise ValueError("a follow-up's time is clinic wall-clock time, without a zone")
 
 
+# Longer is a typo (hours for minutes). An appointment must also fit in one day's working hours,
+# and PostgreSQL refuses one longer than a day (constraint appointment_within_a_day).
+LONGEST_TREATMENT_MINUTES = 12 * 60
+
+
 @dataclass
 class Treatment:
     code: str
@@ -42,6 +47,9 @@ class Treatment:
     def __post_init__(self) -> None:
         if self.duration_minutes <= 0:
             raise ValueError(f"{self.code}: duration must be positive minutes")
+        if self.duration_minutes > LONGEST_TREATMENT_MINUTES:
+            raise ValueError(f"{self.code}: a treatment lasts at most a working day "
+                             f"({LONGEST_TREATMENT_MINUTES} minutes)")
 
 
 def followup_due(

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import time
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from werkzeug.serving import make_server
 
 from services.booking.app import bootstrap, create_app
@@ -244,3 +246,24 @@ class TcpProxy:
         with self._lock:
             for end in [self._listener, *self._sockets]:
                 end.close()
+
+
+def generic_plan(engine, statement: sa.Executable, values: dict) -> str:
+    """The plan PostgreSQL runs `statement` with once it is a prepared statement on its
+    generic plan (psycopg prepares a statement run five times; the server then plans for
+    any parameters, not for these), in text."""
+    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    bound = compiled.construct_params(values)
+    arguments = [bound[name] for name in compiled.positiontup]
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        driver.execute("SET plan_cache_mode = force_generic_plan")
+        driver.execute(f"PREPARE probe AS {compiled}")
+        try:
+            cursor = psycopg.ClientCursor(driver)
+            cursor.execute("EXPLAIN EXECUTE probe (" + ", ".join(["%s"] * len(arguments))
+                           + ")", arguments)
+            return "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            driver.execute("DEALLOCATE probe")
+            driver.execute("RESET plan_cache_mode")

@@ -16,7 +16,6 @@ import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from services.booking import service
 from services.booking.db import (
@@ -31,7 +30,7 @@ from services.booking.model import Appointment
 from shared.db import outbox_channel
 from shared.errors import Conflict
 
-from .conftest import PATIENT
+from .conftest import PATIENT, generic_plan
 
 
 def _register_patients(site, count: int) -> list[str]:
@@ -421,27 +420,6 @@ def test_a_refused_booking_writes_no_event_and_a_booked_one_writes_exactly_one(p
         ("booking.appointment.booked", str(booked["id"]))]
 
 
-def _generic_plan(engine, statement: sa.Executable, values: dict) -> str:
-    """The plan PostgreSQL runs `statement` with once it is a prepared statement on its
-    generic plan (psycopg prepares a statement run five times; the server then plans for
-    any parameters, not for these), in text."""
-    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
-    bound = compiled.construct_params(values)
-    arguments = [bound[name] for name in compiled.positiontup]
-    with engine.connect() as connection:
-        driver = connection.connection.driver_connection
-        driver.execute("SET plan_cache_mode = force_generic_plan")
-        driver.execute(f"PREPARE probe AS {compiled}")
-        try:
-            cursor = psycopg.ClientCursor(driver)
-            cursor.execute("EXPLAIN EXECUTE probe (" + ", ".join(["%s"] * len(arguments))
-                           + ")", arguments)
-            return "\n".join(row[0] for row in cursor.fetchall())
-        finally:
-            driver.execute("DEALLOCATE probe")
-            driver.execute("RESET plan_cache_mode")
-
-
 def test_the_overlap_checks_find_a_clinicians_time_through_the_constraints_index(pg_booking):
     """A booking's check for a clashing appointment, and availability's read of the taken
     times, must cost the same for a clinician with years of diary as for a new one: both are
@@ -459,9 +437,9 @@ def test_the_overlap_checks_find_a_clinicians_time_through_the_constraints_index
     event = {"event_event_id": "e", "event_type": "t", "event_subject": "s",
              "event_body": b"{}", "event_created_at": start, "event_channel": "c"}
     plans = {
-        "one-statement booking": _generic_plan(site.engine, _BOOK_AT_ONCE, booking | event),
-        "transactional booking": _generic_plan(site.engine, _INSERT_IF_FREE[True], booking),
-        "availability": _generic_plan(
+        "one-statement booking": generic_plan(site.engine, _BOOK_AT_ONCE, booking | event),
+        "transactional booking": generic_plan(site.engine, _INSERT_IF_FREE[True], booking),
+        "availability": generic_plan(
             site.engine, taken_statement(site.shah, start, end, ranges=True), {}),
     }
     for use, plan in plans.items():
