@@ -414,8 +414,8 @@ def _overlapping(start, end, *, ranges: bool) -> sa.ColumnElement:
     """Appointments whose time overlaps [start, end). On PostgreSQL (`ranges`) as the range
     overlap the exclusion constraint's GiST index answers by clinician and time, so the cost
     stays flat however long a clinician's diary grows; `starts_at < end AND ends_at > start`
-    instead read every appointment of the clinician (105 rows for a booking into a diary of
-    105; docs/architecture.md, "Finding a clinician's time")."""
+    instead read every appointment of the clinician starting before `end` (105 rows for a
+    booking into a diary of 105; docs/architecture.md, "Finding a clinician's time")."""
     if ranges:
         return _time_range(appointments.c.starts_at, appointments.c.ends_at).op(
             "&&", is_comparison=True)(_time_range(start, end))
@@ -437,6 +437,8 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 def taken_statement(clinician_id, start, end, excluding=None, *, ranges: bool) -> sa.Select:
     """The clinician's active appointments overlapping [start, end)."""
+    # Typed as the columns are, so a naive datetime is refused, not read in the session's zone.
+    start, end = sa.literal(start, UTCDateTime), sa.literal(end, UTCDateTime)
     statement = sa.select(appointments.c.starts_at, appointments.c.ends_at).where(
         appointments.c.clinician_id == clinician_id, _ACTIVE,
         _overlapping(start, end, ranges=ranges))

@@ -32,6 +32,7 @@ from shared.db import (
     outbox_insert_for_each,
     outbox_parameters,
 )
+from shared.direct import DirectStatement
 from shared.events import Event
 
 metadata = sa.MetaData()
@@ -444,9 +445,9 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
             return slot, None
         return slot, MessageRepository(connection, FixedClock(now)).begin_send(
             message_id, token, lease)
-    slot, begun, free = connection.execute(_START_SMS_SEND, dict(
+    slot, begun, free = _START_SMS_SEND.one(connection, dict(
         name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
-        token=token)).one()
+        token=token))
     if slot > now:
         return slot, None               # wait for the slot, then begin
     if begun or free:
@@ -454,7 +455,8 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
     return slot, None                   # the row was locked: `begin_send` waits for it
 
 
-_START_SMS_SEND = sa.text(f"""
+# Each SMS runs this and _RECORD_SENT once: straight on the driver (`shared.direct`).
+_START_SMS_SEND = DirectStatement(sa.text(f"""
     WITH slot AS (     -- one upsert under the row's lock: no slot is handed out twice
         INSERT INTO rate_limits (name, next_slot_at) VALUES (:name, :now + :interval)
         ON CONFLICT (name) DO UPDATE
@@ -475,7 +477,7 @@ _START_SMS_SEND = sa.text(f"""
                 sa.bindparam("interval", type_=sa.Interval),
                 sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid)
                 ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
-                          sa.column("free", sa.Boolean))
+                          sa.column("free", sa.Boolean)))
 
 
 def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
@@ -492,16 +494,17 @@ def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
         if settled:
             Outbox(connection, shared_tables.outbox, clock, outbox_channel("notify")).add(event)
         return settled
-    return connection.execute(_RECORD_SENT, dict(
+    (settled,) = _RECORD_SENT.one(connection, dict(
         message_id=message_id, token=token, now=now, provider_id=provider_id,
         provider_status=provider_status,
-        **outbox_parameters(event, FixedClock(now), outbox_channel("notify")),
-    )).rowcount == 1
+        **outbox_parameters(event, FixedClock(now), outbox_channel("notify"))))
+    return settled == 1
 
 
-def _record_sent_statement() -> sa.Insert:
-    """WITH settled (the claim's row, set `sent`, RETURNING id) INSERT INTO outbox ... FROM
-    settled: the event's row (and the relay's wake-up) only when the update matched."""
+def _record_sent_statement() -> sa.Select:
+    """WITH settled (the claim's row, set `sent`, RETURNING id), announced (INSERT INTO
+    outbox ... FROM settled) SELECT count(*) FROM settled: the event's row (and the relay's
+    wake-up) only when the update matched."""
     now = sa.bindparam("now", type_=UTCDateTime)
     settled = messages.update().where(
         # Not named "id": a parameter named after a column would also be SET by the UPDATE.
@@ -513,11 +516,11 @@ def _record_sent_statement() -> sa.Insert:
         provider_status=sa.bindparam("provider_status", type_=sa.String), error=None,
         error_code=None, claim_token=None, lease_until=None, updated_at=now,
     ).returning(messages.c.id).cte("settled")
-    return outbox_insert_for_each(shared_tables.outbox, settled).execution_options(
-        preserve_rowcount=True)         # an INSERT's rowcount is otherwise not kept
+    announced = outbox_insert_for_each(shared_tables.outbox, settled).cte("announced")
+    return sa.select(sa.func.count()).select_from(settled).add_cte(announced)
 
 
-_RECORD_SENT = _record_sent_statement()
+_RECORD_SENT = DirectStatement(_record_sent_statement())
 
 
 def recorded_early_reports(connection: Connection, limit: int = 100

@@ -61,17 +61,39 @@ def test_values_go_in_and_come_out_as_sqlalchemy_would_have_them(engine):
 def test_a_naive_datetime_is_refused_before_anything_is_sent(engine):
     seen = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
-    with pytest.raises(ValueError, match="naive"), one_statement(engine) as connection:
+    with pytest.raises(sa.exc.StatementError, match="naive"), \
+            one_statement(engine) as connection:
         DirectStatement(ADD).one(connection, _visit(at=datetime(2027, 3, 28, 1, 30)))
     assert seen == []
+
+
+def test_only_a_live_connection_in_autocommit_is_used(engine):
+    """In a transaction the write would need a commit nobody makes; on a connection SQLAlchemy
+    invalidated, asking for the driver would quietly check out another one."""
+    with engine.connect() as connection, pytest.raises(sa.exc.InvalidRequestError,
+                                                       match="autocommit"):
+        DirectStatement(ADD).one(connection, _visit())
+    with one_statement(engine) as connection:
+        connection.invalidate()
+        with pytest.raises(sa.exc.PendingRollbackError):
+            DirectStatement(ADD).one(connection, _visit())
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(visits)).scalar() == 0
+
+
+def test_a_statement_with_per_execution_parameters_is_refused(engine):
+    with one_statement(engine) as connection, pytest.raises(ValueError, match="compiled once"):
+        DirectStatement(sa.select(visits.c.id).where(
+            visits.c.id.in_(sa.bindparam("ids", expanding=True)))).rows(connection, {"ids": []})
 
 
 def test_listeners_see_the_statement_and_errors_are_sqlalchemys(engine):
     """A duplicate key comes out as IntegrityError carrying the driver's error (callers read
     its SQLSTATE), its message without the values, and the statement was seen by the
     engine's listeners as any other."""
-    seen = []
+    seen, done = [], []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    sa.event.listen(engine, "after_cursor_execute", lambda *args: done.append(args[2]))
     visit = _visit(notes={"name": "Ada Lovelace"})
     with one_statement(engine) as connection:
         DirectStatement(ADD).one(connection, visit)
@@ -80,6 +102,7 @@ def test_listeners_see_the_statement_and_errors_are_sqlalchemys(engine):
     assert refused.value.orig.sqlstate == "23505"
     assert "Lovelace" not in str(refused.value)
     assert len(seen) == 2 and seen[0].lstrip().startswith("WITH added AS")
+    assert done == seen[:1]             # the refused one never finished
 
 
 def test_one_refuses_no_row_and_many_rows(engine):
@@ -100,8 +123,11 @@ def test_a_connection_the_server_dropped_fails_as_lost_and_is_replaced(engine, p
                              autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         time.sleep(0.2)
-        DirectStatement(READ).one(connection, {"id": uuid.uuid4()})
-    assert lost.value.connection_invalidated
+        try:
+            DirectStatement(READ).one(connection, {"id": uuid.uuid4()})
+        finally:
+            invalidated = connection.invalidated
+    assert lost.value.connection_invalidated and invalidated
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
         assert connection.connection.driver_connection.autocommit is False
