@@ -269,3 +269,48 @@ def test_a_report_for_a_sid_a_dying_worker_recorded_is_applied_by_the_next_round
     assert row.status == "delivered" and row.provider_id == sid
     assert len(notifier.published("notify.message.delivered")) == 1
     assert len(notifier.sms_to()) == 1
+
+
+def test_a_kept_report_that_cannot_be_applied_now_holds_up_no_other_and_is_applied_later(
+        notifier, client):
+    """Two reports kept before their sids were recorded; one message's row is locked by a
+    transaction that outlasts the database's lock timeout, so applying its report fails. The
+    round still applies the other, sends on, and the next round applies the first."""
+    from services.notify.db import messages, record_sent, recorded_early_reports
+    from shared.db import one_statement
+    from tests.integration.notify.test_notifier import LEASE
+    for phone in (PHONE, "+447400123457"):
+        book(notifier, patient_id=f"p-{phone[-1]}", contact=contact(phone=phone, email_ok=False))
+    dying = notifier.scheduler()
+    claimed = notifier.claim(dying, "sms")
+    assert len(claimed) == 2
+    for message in claimed:
+        with notifier.context.uow() as uow:
+            assert uow.messages.begin_send(message.id, dying.token, LEASE)
+            uow.commit()
+        sid = dying._send(message).provider_id
+        assert report(notifier, client, sid, "delivered").status_code == 204
+        with one_statement(notifier.context.engine) as connection:   # recorded, then the crash
+            assert record_sent(connection, message.id, dying.token, notifier.clock.now(), sid,
+                               "queued", dying._event("notify.message.sent", message,
+                                                      notifier.clock, status="sent"))
+    engine = notifier.context.engine
+    with one_statement(engine) as connection:       # in the order the round will take them
+        first, _ = recorded_early_reports(connection)[0]
+    [locked] = [m for m in claimed if m.id == first]
+    [other] = [m for m in claimed if m.id != first]
+    with engine.connect() as connection:
+        database = connection.exec_driver_sql("SELECT current_database()").scalar()
+        connection.exec_driver_sql(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
+        connection.commit()
+    engine.dispose()                                 # new connections take the timeout
+    with engine.connect() as holder:
+        holder.execute(messages.select().where(messages.c.id == locked.id).with_for_update())
+        notifier.dispatch()                          # another worker's round: no error
+        assert notifier.rows(id=other.id)[0].status == "delivered"
+        assert notifier.rows(id=locked.id)[0].status == "sent"
+        holder.rollback()
+    notifier.dispatch()
+    assert notifier.rows(id=locked.id)[0].status == "delivered"
+    assert len(notifier.published("notify.message.delivered")) == 2
+    assert len(notifier.sms_to(PHONE)) == 1 and len(notifier.sms_to("+447400123457")) == 1
