@@ -19,7 +19,6 @@ bypasses, has nothing to track.
 """
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +38,14 @@ class _Compiled:
 class DirectStatement:
     def __init__(self, statement: sa.Executable):
         self.statement = statement
-        # Per dialect, held weakly: a disposed engine's dialect is not kept alive by this.
-        self._by_dialect: weakref.WeakKeyDictionary[Dialect, _Compiled] = (
-            weakref.WeakKeyDictionary())
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        made = self._by_dialect.get(dialect)
+        """Kept on the dialect itself (its type conversions hold the dialect anyway), so it
+        lives and goes with its engine."""
+        cache = dialect.__dict__.setdefault("_clinic_direct_statements", {})
+        made = cache.get(self)
         if made is None:          # two threads may both compile it once: the same result
-            made = self._by_dialect[dialect] = _compile(self.statement, dialect)
+            made = cache[self] = _compile(self.statement, dialect)
         return made
 
     def rows(self, connection: Connection, parameters: dict[str, Any]) -> list[tuple]:

@@ -427,6 +427,7 @@ LONGEST_APPOINTMENT = timedelta(hours=24)   # PostgreSQL: constraint appointment
 
 def day_list_window(start: datetime, end: datetime, *, bounded: bool) -> sa.ColumnElement:
     overlapping = sa.and_(appointments.c.starts_at < end, appointments.c.ends_at > start)
+    start = start.astimezone(UTC)   # a real day back: wall-clock days vary at clock changes
     if bounded and start - _EARLIEST > LONGEST_APPOINTMENT:   # not for a day in year 1
         return sa.and_(appointments.c.starts_at >= start - LONGEST_APPOINTMENT, overlapping)
     return overlapping

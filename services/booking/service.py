@@ -177,13 +177,21 @@ def _slot_taken() -> Conflict:
                     {"starts_at": ["slot is taken"]})
 
 
+def _is_clash(error: sa.exc.IntegrityError) -> bool:
+    """The exclusion constraint refusing an overlap (409). Any other refusal (a check, a
+    foreign key) is no clash of the patient's and is not reported as one."""
+    return getattr(error.orig, "sqlstate", None) == "23P01"   # exclusion_violation
+
+
 def _insert(uow: BookingUnitOfWork, appointment: Appointment, form_status: str) -> dict:
     """No savepoint: a refused insert ends the whole booking, whose transaction is then
     rolled back (the Idempotency-Key claim with it, so a retry is judged afresh)."""
     try:
         written = uow.appointments.add_if_free(appointment, form_status)
     except sa.exc.IntegrityError as error:  # PostgreSQL's exclusion constraint, under a race
-        raise _slot_taken() from error
+        if _is_clash(error):
+            raise _slot_taken() from error
+        raise
     if written is None:
         raise _slot_taken()
     return written
@@ -205,7 +213,9 @@ def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
             with uow.connection.begin_nested():
                 uow.appointments.update(appointment)
         except sa.exc.IntegrityError as error:
-            raise _slot_taken() from error
+            if _is_clash(error):
+                raise _slot_taken() from error
+            raise
         patient = uow.patients.get(appointment.patient_id)
         uow.outbox.add(_appointment_event(
             uow, "booking.appointment.rescheduled", appointment, patient, clinician, treatment,

@@ -536,7 +536,7 @@ def recorded_early_reports(connection: Connection, limit: int = 100
 _RECORDED_EARLY_REPORTS = (
     sa.select(messages.c.id, early_reports.c.provider_id)
     .join(messages, messages.c.provider_id == early_reports.c.provider_id)
-    .distinct().limit(sa.bindparam("limit", type_=sa.Integer)))
+    .distinct().order_by(messages.c.id).limit(sa.bindparam("limit", type_=sa.Integer)))
 
 
 class ContactRepository:
