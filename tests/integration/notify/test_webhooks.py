@@ -248,21 +248,29 @@ def test_a_report_on_a_message_sent_with_no_status_of_twilios_is_applied(notifie
     assert notifier.rows(id=row.id)[0].status == "delivered"
 
 
-def test_a_report_for_a_sid_a_dying_worker_recorded_is_applied_by_the_next_round(
-        notifier, client):
-    """The report came before the sid was recorded; the sender recorded it and died before
-    looking for kept reports. Any worker's next round applies it: nothing is stranded."""
+def _sent_reported_early_and_recorded(notifier, client, dying, message) -> str:
+    """`dying` (holding `message`, begun) sends it; Twilio's "delivered" arrives before the
+    sid is recorded and is kept; the worker records the sid and dies before looking for kept
+    reports. The sid."""
     from services.notify.db import record_sent
     from shared.db import one_statement
-    from tests.integration.notify.test_notifier import _claimed_by_a_worker_that_dies
-    book(notifier, contact=contact(email_ok=False))
-    dying, message = _claimed_by_a_worker_that_dies(notifier, "sms")
     sid = dying._send(message).provider_id
     assert report(notifier, client, sid, "delivered").status_code == 204
     with one_statement(notifier.context.engine) as connection:   # recorded, then the crash
         assert record_sent(connection, message.id, dying.token, notifier.clock.now(), sid,
                            "queued", dying._event("notify.message.sent", message,
                                                   notifier.clock, status="sent"))
+    return sid
+
+
+def test_a_report_for_a_sid_a_dying_worker_recorded_is_applied_by_the_next_round(
+        notifier, client):
+    """The report came before the sid was recorded; the sender recorded it and died before
+    looking for kept reports. Any worker's next round applies it: nothing is stranded."""
+    from tests.integration.notify.test_notifier import _claimed_by_a_worker_that_dies
+    book(notifier, contact=contact(email_ok=False))
+    dying, message = _claimed_by_a_worker_that_dies(notifier, "sms")
+    sid = _sent_reported_early_and_recorded(notifier, client, dying, message)
     assert notifier.rows(kind="confirmation")[0].status == "sent"
     notifier.dispatch()                              # another worker's round
     [row] = notifier.rows(kind="confirmation")
@@ -276,7 +284,7 @@ def test_a_kept_report_that_cannot_be_applied_now_holds_up_no_other_and_is_appli
     """Two reports kept before their sids were recorded; one message's row is locked by a
     transaction that outlasts the database's lock timeout, so applying its report fails. The
     round still applies the other, sends on, and the next round applies the first."""
-    from services.notify.db import messages, record_sent, recorded_early_reports
+    from services.notify.db import messages, recorded_early_reports
     from shared.db import one_statement
     from tests.integration.notify.test_notifier import LEASE
     for phone in (PHONE, "+447400123457"):
@@ -288,12 +296,7 @@ def test_a_kept_report_that_cannot_be_applied_now_holds_up_no_other_and_is_appli
         with notifier.context.uow() as uow:
             assert uow.messages.begin_send(message.id, dying.token, LEASE)
             uow.commit()
-        sid = dying._send(message).provider_id
-        assert report(notifier, client, sid, "delivered").status_code == 204
-        with one_statement(notifier.context.engine) as connection:   # recorded, then the crash
-            assert record_sent(connection, message.id, dying.token, notifier.clock.now(), sid,
-                               "queued", dying._event("notify.message.sent", message,
-                                                      notifier.clock, status="sent"))
+        _sent_reported_early_and_recorded(notifier, client, dying, message)
     engine = notifier.context.engine
     with one_statement(engine) as connection:       # in the order the round will take them
         first, _ = recorded_early_reports(connection)[0]
