@@ -13,6 +13,7 @@ import select
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,7 +42,7 @@ from services.notify.db import (
     webhook_receipts,
 )
 from services.notify.model import backoff_delay
-from services.notify.model.delivery import send_slot_interval
+from services.notify.model.delivery import SendLanes, send_slot_interval
 from services.notify.model.schedule import when_to_send
 from services.notify.outcomes import (
     apply_early_reports,
@@ -133,6 +134,7 @@ class Scheduler:
                                 + "/webhooks/twilio/status")
         self._last_prune: float | None = None  # never: a new worker prunes at once
         self._senders: ThreadPoolExecutor | None = None     # made by run()
+        self.lanes = SendLanes(self.context.config.notify_send_concurrency)
         self._sweep_lock = threading.Lock()
         self._swept_at = time.monotonic()
 
@@ -209,9 +211,10 @@ class Scheduler:
                             error=type(error).__name__)
 
     def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
-        """Several sends in flight at once: a provider answering in 200 ms would otherwise hold
-        a worker to five texts a second. Each message keeps its own claim, slot and record,
-        so running them side by side changes nothing of the send-once protocol."""
+        """Several sends in flight at once (`SendLanes`): a provider answering in 200 ms would
+        otherwise hold a worker to five texts a second. Each lane takes the next message
+        when it is free, and each message keeps its own claim, slot and record, so running
+        them side by side changes nothing of the send-once protocol."""
         def one(message: ClaimedMessage) -> None:
             try:
                 if stop.is_set():
@@ -222,12 +225,23 @@ class Scheduler:
                 log.warning("message.unfinished", message_id=str(message.id),
                             error=type(error).__name__)
             self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
-        if self._senders is None or len(claimed) < 2:
+
+        lanes = min(self.lanes.count(), len(claimed))
+        if self._senders is None or lanes < 2:
             for message in claimed:
                 one(message)
             return
-        for _ in self._senders.map(one, claimed):
-            pass
+        waiting = deque(claimed)
+
+        def lane() -> None:
+            while True:
+                try:
+                    message = waiting.popleft()     # atomic: each message to one lane
+                except IndexError:
+                    return
+                one(message)
+        for sent in [self._senders.submit(lane) for _ in range(lanes)]:
+            sent.result()
 
     def _idle_seconds(self) -> float:
         with self.context.uow() as uow:
@@ -255,6 +269,7 @@ class Scheduler:
     # --- one message -----------------------------------------------------------------------
 
     def deliver(self, message: ClaimedMessage) -> None:
+        started = time.perf_counter()
         if message.attempts >= MAX_ATTEMPTS:
             self._failed(message, None, f"gave up after {message.attempts} attempts")
             return
@@ -265,8 +280,10 @@ class Scheduler:
             return
         if not self._still_timely(message):
             return
-        if not self._begin(message):
+        begun, waited = self._begin(message)
+        if not begun:
             return                          # cancelled, opted out or taken over meanwhile
+        sending = time.perf_counter()
         try:
             result = self._send(message, rendered)
         except ClaimLost:
@@ -276,7 +293,10 @@ class Scheduler:
         except TransientSendError as error:
             self._retry_later(message, error)
         else:
+            answered = time.perf_counter()
             self._sent(message, result.provider_id, result.status)
+            provider = answered - sending
+            self.lanes.observe(provider, time.perf_counter() - started - provider - waited)
 
     def _still_timely(self, message: ClaimedMessage) -> bool:
         """A scheduled message sent late must still keep quiet hours and still be of use
@@ -301,25 +321,28 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _begin(self, message: ClaimedMessage) -> bool:
+    def _begin(self, message: ClaimedMessage) -> tuple[bool, float]:
         """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
         during the wait still finds the message not begun and stops it. When the slot is now
-        (no wait), slot and beginning are one statement."""
+        (no wait), slot and beginning are one statement. Whether it began, and the seconds
+        spent waiting for the slot."""
+        waited = 0.0
         if message.channel == "sms":
             now = self.context.clock.now()
             with one_statement(self.context.engine) as connection:
                 slot, begun = start_sms_send(connection, message.id, self.token, now,
                                              self.lease, self.interval)
             if begun is not None:
-                return begun
+                return begun, waited
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
                 time.sleep(wait)
+                waited = wait
         with self.context.uow() as uow:
             if not uow.messages.begin_send(message.id, self.token, self.lease):
-                return False
+                return False, waited
             uow.commit()
-        return True
+        return True, waited
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)

@@ -160,13 +160,17 @@ class _Handler(BaseHTTPRequestHandler):
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         fake = self.server.fake
-        status, body, headers = fake._answer(
-            method, url.path, query, form, self.headers.get("Authorization")
-        )
-        # A slow answer comes after the work is done: a client that times out on a create
-        # has had its message accepted, the case crash recovery must not send twice.
-        if fake.delay:
-            fake._stopping.wait(fake.delay)
+        fake._entered()
+        try:
+            status, body, headers = fake._answer(
+                method, url.path, query, form, self.headers.get("Authorization")
+            )
+            # A slow answer comes after the work is done: a client that times out on a create
+            # has had its message accepted, the case crash recovery must not send twice.
+            if fake.delay:
+                fake._stopping.wait(fake.delay)
+        finally:
+            fake._left()
         payload = json.dumps(body).encode("utf-8") if body is not None else b""
         self.send_response(status)
         if body is not None:
@@ -203,6 +207,8 @@ class FakeTwilio:
         self._messages: list[dict] = []
         self._requests: list[dict] = []
         self._faults: list[_Fault] = []
+        self._in_flight = 0
+        self.most_at_once = 0       # the most requests it was answering at one time
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -430,6 +436,15 @@ class FakeTwilio:
         return hmac.compare_digest(user, self.account_sid) and hmac.compare_digest(
             password, self.auth_token
         )
+
+    def _entered(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.most_at_once = max(self.most_at_once, self._in_flight)
+
+    def _left(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _take_fault(self, operation: str) -> _Fault | None:
         with self._lock:

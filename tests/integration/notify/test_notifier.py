@@ -587,3 +587,37 @@ def test_a_reminder_found_due_after_its_appointment_began_is_dropped(notifier):
     assert len(notifier.sms_to()) == 1
     assert {(r.status, r.error) for r in notifier.rows(kind="reminder")} == {
         ("cancelled", "too late to be of use")}
+
+
+def test_a_slow_provider_keeps_every_send_lane_in_flight(notifier):
+    """Twilio answering in 200 ms: measured, the worker still keeps all 8 sends in flight
+    (`SendLanes`), in its first round and in the next one, which the measurement sized."""
+    import dataclasses
+    notifier.twilio.delay = 0.2
+    for n in range(24):
+        book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
+             contact=contact(phone=f"+4474004{n:05d}", email_ok=False))
+    config = notifier.context.config.with_(sms_max_per_second=100_000,
+                                           notify_send_concurrency=8)
+    scheduler = notifier.scheduler()
+    scheduler.context = dataclasses.replace(notifier.context, config=config)
+    scheduler.__post_init__()
+    scheduler.sms_batch = 12
+    stop = threading.Event()
+    worker = threading.Thread(target=scheduler.run, args=(stop,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(notifier.twilio.messages) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first_round, notifier.twilio.most_at_once = notifier.twilio.most_at_once, 0
+        while len(notifier.twilio.messages) < 24 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join(30)
+    phones = [m["to"] for m in notifier.twilio.messages]
+    assert len(phones) == 24 and len(set(phones)) == 24
+    assert first_round == 8
+    assert scheduler.lanes.count() == 8
+    assert notifier.twilio.most_at_once == 8        # the second round: 8 again, as measured
