@@ -7,6 +7,8 @@ thing); SQLite, the single-process embedded default, serialises writers instead.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -195,9 +197,9 @@ def _hours_json(hours: WorkingHours) -> dict:
 
 
 def _clinician(row) -> Clinician:
-    return Clinician(id=row.id, name=row.name, working_hours=[
+    return Clinician(id=row.id, name=row.name, working_hours=tuple(
         WorkingHours(h["weekday"], time.fromisoformat(h["start"]), time.fromisoformat(h["end"]))
-        for h in row.working_hours])
+        for h in row.working_hours))
 
 
 class TreatmentRepository:
@@ -333,14 +335,31 @@ class BookingParties:
 def _booking_parties(row) -> BookingParties:
     """From a row of _BOOKING_PARTIES (or a tuple in its column order)."""
     patient = _part(row, 0, _CONTACT_COLUMNS)
-    clinician = _part(row, _CLINICIAN_AT, clinicians.c)
-    treatment = _part(row, _TREATMENT_AT, treatments.c)
+    clinician = row[_CLINICIAN_AT:_TREATMENT_AT]
+    treatment = row[_TREATMENT_AT:_BOOKED_BEFORE_AT]
     return BookingParties(
         patient=PatientContact(**patient) if patient else None,
-        clinician=_clinician(SimpleNamespace(**clinician)) if clinician else None,
-        treatment=_treatment(SimpleNamespace(**treatment)) if treatment else None,
+        clinician=_known_clinician(*clinician) if clinician[0] is not None else None,
+        treatment=_known_treatment(*treatment) if treatment[0] is not None else None,
         booked_before=row[_BOOKED_BEFORE_AT],
     )
+
+
+# Every booking reads its clinician and treatment, and building a week of working hours cost
+# more Python than the statement that read them. Built once per distinct row, keyed by all
+# of its content (the hours as their stored JSON text), so a change of hours or of a
+# treatment is a new key and is never served stale; the objects are frozen, so sharing them
+# between requests is safe.
+@functools.lru_cache(maxsize=1024)
+def _known_clinician(clinician_id: uuid.UUID, name: str, working_hours_json: str) -> Clinician:
+    return _clinician(SimpleNamespace(id=clinician_id, name=name,
+                                      working_hours=json.loads(working_hours_json)))
+
+
+@functools.lru_cache(maxsize=256)
+def _known_treatment(*columns) -> Treatment:
+    return _treatment(SimpleNamespace(**dict(zip((c.key for c in treatments.c), columns,
+                                                 strict=True))))
 
 
 def _part(row, start: int, columns) -> dict | None:
@@ -364,12 +383,14 @@ _CONTACT_COLUMNS = (patients.c.id, patients.c.phone, patients.c.email, patients.
                     patients.c.consent_email)
 _patient_id = sa.bindparam("patient_id", type_=sa.Uuid)
 _clinician_id = sa.bindparam("clinician_id", type_=sa.Uuid)
+_CLINICIAN_COLUMNS = (clinicians.c.id, clinicians.c.name,
+                      sa.cast(clinicians.c.working_hours, sa.Text).label("working_hours_json"))
 _CLINICIAN_AT = len(_CONTACT_COLUMNS)
-_TREATMENT_AT = _CLINICIAN_AT + len(clinicians.c)
+_TREATMENT_AT = _CLINICIAN_AT + len(_CLINICIAN_COLUMNS)
 _BOOKED_BEFORE_AT = _TREATMENT_AT + len(treatments.c)
 _BOOKING_PARTIES = (
     sa.select(
-        *_CONTACT_COLUMNS, *clinicians.c, *treatments.c,
+        *_CONTACT_COLUMNS, *_CLINICIAN_COLUMNS, *treatments.c,
         sa.exists().where(appointments.c.patient_id == _patient_id).label("booked_before"),
     )
     .select_from(

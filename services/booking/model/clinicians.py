@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import time
 from itertools import pairwise
@@ -80,11 +81,11 @@ def _clock_time(text: object) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Clinician:
     id: uuid.UUID
     name: str
-    working_hours: list[WorkingHours]
+    working_hours: Sequence[WorkingHours]
 
     def working_blocks(self, weekday: int) -> list[tuple[time, time]]:
         """That weekday's stretches of work, in order, touching blocks joined.

@@ -36,7 +36,7 @@ class FollowUpPlan:
 LONGEST_TREATMENT_MINUTES = 12 * 60
 
 
-@dataclass
+@dataclass(frozen=True)
 class Treatment:
     code: str
     name: str

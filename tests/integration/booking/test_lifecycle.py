@@ -2,13 +2,17 @@
 in the contract's CloudEvents envelope; a change the rules refuse writes no event."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
+from datetime import time
 
 import pytest
 
-from .conftest import PATIENT
+from services.booking.db import BookingUnitOfWork
+
+from .conftest import INJECTION, PATIENT, every_day
 
 SLOT = "2026-10-21T10:00:00+01:00"  # Wednesday 10:00 BST = 09:00Z
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -227,3 +231,26 @@ def test_the_day_list_and_patient_lookup(booking):
     assert [p["id"] for p in found] == [booking.patient_id]
     assert found[0]["address"]["postcode"] == "BA5 2PA"
     assert found[0]["date_of_birth"] == PATIENT["date_of_birth"]
+
+
+def test_a_booking_follows_changed_hours_and_treatments_at_once(booking):
+    """Bookings build the clinician and treatment once per distinct row (a cache keyed by the
+    row's content): a change of working hours or of a treatment applies to the very next
+    booking, on both paths (with and without an Idempotency-Key)."""
+    assert booking.book(SLOT).status_code == 201          # Dr Shah works at 10:00
+    uow = BookingUnitOfWork(booking.engine, booking.clock)
+    with uow:
+        shah = uow.clinicians.get(booking.shah)
+        uow.clinicians.save(dataclasses.replace(shah, working_hours=every_day(
+            (time(14), time(17)))))
+        uow.treatments.save(dataclasses.replace(INJECTION, name="Trigger point injection",
+                                                duration_minutes=45))
+        uow.commit()
+    for headers in ({}, {"Idempotency-Key": str(uuid.uuid4())}):
+        refused = booking.book("2026-10-22T10:00:00+01:00", headers=headers)
+        assert refused.status_code == 422, refused.get_json()
+        assert "starts_at" in refused.get_json()["error"]["fields"]
+    booked = booking.book("2026-10-22T14:00:00+01:00")
+    assert booked.status_code == 201
+    assert booked.get_json()["ends_at"] == "2026-10-22T14:45:00+01:00"
+    assert booking.events()[-1]["data"]["treatment"]["name"] == "Trigger point injection"
