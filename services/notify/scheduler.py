@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,7 +135,10 @@ class Scheduler:
                                 + "/webhooks/twilio/status")
         self._last_prune: float | None = None  # never: a new worker prunes at once
         self._senders: ThreadPoolExecutor | None = None     # made by run()
-        self.lanes = SendLanes(self.context.config.notify_send_concurrency)
+        # Per channel: a console or nearby SMTP server answering in a millisecond says
+        # nothing of how long Twilio takes.
+        self.lanes = {channel: SendLanes(self.context.config.notify_send_concurrency)
+                      for channel in ("sms", "email")}
         self._sweep_lock = threading.Lock()
         self._swept_at = time.monotonic()
 
@@ -177,7 +181,7 @@ class Scheduler:
             handled += 1
         for channel, limit in (("email", EMAIL_BATCH), ("sms", self.sms_batch)):
             claimed = self._claim(claim_due, limit=limit, channel=channel)
-            self._deliver_all(claimed, stop)
+            self._deliver_all(claimed, stop, self.lanes[channel])
             handled += len(claimed)
         self._apply_early_reports()
         self._prune_now_and_then()
@@ -210,7 +214,8 @@ class Scheduler:
                 log.warning("early_reports.unapplied", message_id=str(message_id),
                             error=type(error).__name__)
 
-    def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
+    def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event,
+                     sizing: SendLanes) -> None:
         """Several sends in flight at once (`SendLanes`): a provider answering in 200 ms would
         otherwise hold a worker to five texts a second. Each lane takes the next message
         when it is free, and each message keeps its own claim, slot and record, so running
@@ -226,7 +231,7 @@ class Scheduler:
                             error=type(error).__name__)
             self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
 
-        lanes = min(self.lanes.count(), len(claimed))
+        lanes = min(sizing.count(), len(claimed))
         if self._senders is None or lanes < 2:
             for message in claimed:
                 one(message)
@@ -240,8 +245,10 @@ class Scheduler:
                 except IndexError:
                     return
                 one(message)
-        for sent in [self._senders.submit(lane) for _ in range(lanes)]:
-            sent.result()
+        running = [self._senders.submit(lane) for _ in range(lanes)]
+        futures.wait(running)               # every lane done before the round goes on
+        for finished in running:
+            finished.result()
 
     def _idle_seconds(self) -> float:
         with self.context.uow() as uow:
@@ -296,7 +303,8 @@ class Scheduler:
             answered = time.perf_counter()
             self._sent(message, result.provider_id, result.status)
             provider = answered - sending
-            self.lanes.observe(provider, time.perf_counter() - started - provider - waited)
+            self.lanes[message.channel].observe(
+                provider, time.perf_counter() - started - provider - waited)
 
     def _still_timely(self, message: ClaimedMessage) -> bool:
         """A scheduled message sent late must still keep quiet hours and still be of use
@@ -336,8 +344,9 @@ class Scheduler:
                 return begun, waited
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
+                asleep = time.perf_counter()
                 time.sleep(wait)
-                waited = wait
+                waited = time.perf_counter() - asleep
         with self.context.uow() as uow:
             if not uow.messages.begin_send(message.id, self.token, self.lease):
                 return False, waited

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import time
 from itertools import pairwise
@@ -85,7 +84,11 @@ def _clock_time(text: object) -> time:
 class Clinician:
     id: uuid.UUID
     name: str
-    working_hours: Sequence[WorkingHours]
+    working_hours: tuple[WorkingHours, ...]
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a clinician read once may be shared between requests.
+        object.__setattr__(self, "working_hours", tuple(self.working_hours))
 
     def working_blocks(self, weekday: int) -> list[tuple[time, time]]:
         """That weekday's stretches of work, in order, touching blocks joined.

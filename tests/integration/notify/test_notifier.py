@@ -2,6 +2,8 @@
 FakeTwilio and smtplib to aiosmtpd, on PostgreSQL, with the clock moved by the test."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import threading
 import time
 import uuid
@@ -12,6 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services.notify.db import metadata
+from services.notify.senders.console import ConsoleEmail
 from shared.events import Event
 from tests.integration.notify.conftest import (
     EMAIL,
@@ -400,7 +403,6 @@ def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(noti
     """Eight sends in flight against a Twilio answering in 50 ms, under a cap of 20 a second:
     every SMS once, and 30 of them take at least the 29 intervals of 1/20 s the cap allows
     (a lower bound: a slow machine only makes it longer)."""
-    import dataclasses
     notifier.twilio.delay = 0.05
     for n in range(30):
         book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
@@ -492,7 +494,6 @@ class LeaseOutlivingEmail:
 
 
 def test_an_email_whose_lease_ran_out_mid_send_is_not_finished_by_the_slow_worker(notifier):
-    import dataclasses
 
     book(notifier, contact=contact(sms=False))
     slow, other = notifier.scheduler(), notifier.scheduler()
@@ -589,18 +590,18 @@ def test_a_reminder_found_due_after_its_appointment_began_is_dropped(notifier):
         ("cancelled", "too late to be of use")}
 
 
-def test_a_slow_provider_keeps_every_send_lane_in_flight(notifier):
-    """Twilio answering in 200 ms: measured, the worker still keeps all 8 sends in flight
-    (`SendLanes`), in its first round and in the next one, which the measurement sized."""
-    import dataclasses
-    notifier.twilio.delay = 0.2
+def _two_rounds_of_sms(notifier, email=None, email_ok=False):
+    """24 SMS confirmations (and emails, if `email_ok`) sent by one worker in rounds of 12
+    SMS, up to 8 at once and no meaningful cap: the scheduler, and the most requests
+    FakeTwilio answered at once in the first round and in the second."""
     for n in range(24):
         book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
-             contact=contact(phone=f"+4474004{n:05d}", email_ok=False))
+             contact=contact(phone=f"+4474004{n:05d}", email_ok=email_ok))
     config = notifier.context.config.with_(sms_max_per_second=100_000,
                                            notify_send_concurrency=8)
     scheduler = notifier.scheduler()
-    scheduler.context = dataclasses.replace(notifier.context, config=config)
+    scheduler.context = dataclasses.replace(notifier.context, config=config,
+                                            email=email or notifier.context.email)
     scheduler.__post_init__()
     scheduler.sms_batch = 12
     stop = threading.Event()
@@ -618,6 +619,38 @@ def test_a_slow_provider_keeps_every_send_lane_in_flight(notifier):
         worker.join(30)
     phones = [m["to"] for m in notifier.twilio.messages]
     assert len(phones) == 24 and len(set(phones)) == 24
+    return scheduler, first_round, notifier.twilio.most_at_once
+
+
+def test_a_slow_provider_keeps_every_send_lane_in_flight(notifier):
+    """Twilio answering in 200 ms: measured, the worker still keeps all 8 sends in flight
+    (`SendLanes`), in its first round and in the next one, which the measurement sized."""
+    notifier.twilio.delay = 0.2
+    scheduler, first_round, second_round = _two_rounds_of_sms(notifier)
     assert first_round == 8
-    assert scheduler.lanes.count() == 8
-    assert notifier.twilio.most_at_once == 8        # the second round: 8 again, as measured
+    assert scheduler.lanes["sms"].count() == 8
+    assert second_round == 8
+
+
+def test_a_provider_faster_than_our_own_work_gets_fewer_lanes(notifier):
+    """Twilio answering at once (FakeTwilio, no delay): the first round, unmeasured, uses
+    every lane; the measurement then keeps fewer in flight, as more would only take turns
+    for the interpreter. (`1 + provider / own`: 8 would need the provider to take 7 times
+    our own work, two database round trips and a render.)"""
+    scheduler, _, second_round = _two_rounds_of_sms(notifier)
+    lanes = scheduler.lanes["sms"].count()
+    assert lanes < 8
+    assert second_round <= lanes
+
+
+def test_a_fast_email_server_does_not_size_the_sms_lanes(notifier):
+    """Emails going out through the console backend in a millisecond, beside SMS to a
+    Twilio answering in 200 ms: each channel is measured on its own, so the SMS keep all 8
+    lanes (one shared estimate fell to 2 here)."""
+    notifier.twilio.delay = 0.2
+    scheduler, _, second_round = _two_rounds_of_sms(
+        notifier, email=ConsoleEmail(io.StringIO(), sender="appointments@clinic.example"),
+        email_ok=True)
+    assert scheduler.lanes["email"].count() < 8
+    assert scheduler.lanes["sms"].count() == 8
+    assert second_round == 8
