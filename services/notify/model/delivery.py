@@ -126,7 +126,7 @@ class SendLanes:
     against about a millisecond of our work, so a worker keeps all `most` lanes; a provider
     that answers in well under a millisecond (a local one) needs only two. More lanes than
     that only take turns for the worker's interpreter: measured against a local provider, 8
-    sent 300 SMS a second where 2 sent 600.
+    sent 300-500 SMS a second where 2 sent 450-600.
 
     Each figure is the least of the last `window` sends: contention (another lane holding
     the interpreter, the database busy) only ever adds to a time, so the least is the
