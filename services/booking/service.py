@@ -18,8 +18,10 @@ from services.booking.model.records import Patient, PatientContact
 from shared.db import request_fingerprint
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import Event, new_event
+from shared.logging import get_logger
 
 SOURCE = "/booking"
+log = get_logger("booking.service")
 
 
 def _replayed_id(uow: BookingUnitOfWork, scope: str, key: str | None, request: Any):
@@ -309,7 +311,11 @@ def _iso(instant: datetime) -> str:
 
 
 def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
-    """A patient's YES or NO applies to their next appointment; other intents are notify's."""
+    """A patient's YES or NO applies to the appointment the text they answered was about
+    (notify names it), if that has not begun; other intents are notify's. Without that name,
+    to the next appointment of the one patient with that number, and to nothing when several
+    share it: cancelling a child's appointment on the parent's NO is worse than a NO missed,
+    which reception hears about anyway."""
     intent = event.data.get("intent")
     with uow:
         if not uow.processed.add("booking.patient_reply", event.id):
@@ -317,12 +323,10 @@ def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
         if intent not in ("confirm", "cancel"):
             uow.commit()
             return
-        patients = _patients_for_reply(uow, event.data)
-        appointments = [a for p in patients for a in uow.appointments.for_patient(p.id)]
-        target = model.next_appointment_for_reply(appointments, uow.clock.now())
+        target = _answered_appointment(uow, event.data)
         if target is not None:
             appointment = uow.appointments.get(target.id, for_update=True)
-            if appointment.is_active:
+            if model.still_answerable(appointment, uow.clock.now()):
                 event_type = "booking.appointment.confirmed"
                 extra = {}
                 if intent == "confirm":
@@ -340,10 +344,33 @@ def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
         uow.commit()
 
 
+def _answered_appointment(uow: BookingUnitOfWork, data: dict) -> Appointment | None:
+    named = _uuid_or_none(data.get("appointment_id"))
+    if named is not None:
+        appointment = uow.appointments.get(named)
+        patient_id = _uuid_or_none(data.get("patient_id"))
+        if appointment is None or (patient_id and appointment.patient_id != patient_id):
+            return None
+        return appointment
+    patients = _patients_for_reply(uow, data)
+    if len(patients) != 1:
+        if patients:
+            log.info("reply.ambiguous", patients=len(patients))
+        return None
+    return model.next_appointment_for_reply(uow.appointments.for_patient(patients[0].id),
+                                            uow.clock.now())
+
+
+def _uuid_or_none(value) -> uuid.UUID | None:
+    """An id from the event, or None when it has none. A malformed one raises: the event is
+    retried and then parked with its reason, for an engineer, rather than quietly dropped."""
+    return uuid.UUID(value) if value else None
+
+
 def _patients_for_reply(uow: BookingUnitOfWork, data: dict) -> list[Patient]:
-    patient_id = data.get("patient_id")
+    patient_id = _uuid_or_none(data.get("patient_id"))
     if patient_id:
-        patient = uow.patients.get(uuid.UUID(patient_id))
+        patient = uow.patients.get(patient_id)
         return [patient] if patient else []
     phone = data.get("phone")
     return uow.patients.with_phone(phone) if phone else []

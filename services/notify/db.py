@@ -246,6 +246,22 @@ class MessageRepository:
         ).values(status=PENDING, claim_token=None, lease_until=None,
                  updated_at=self._clock.now())).rowcount
 
+    def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
+        """(appointment id, patient id) of the last SMS that went to this number about a
+        coming appointment: what a patient's YES or NO answers. A number several patients
+        share (a parent and child) is told apart by what was sent to it last, not by whose
+        contact changed last. Found through the patients who have this number (indexed), not
+        by scanning every message's address."""
+        sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
+        return self._c.execute(
+            sa.select(messages.c.appointment_id, messages.c.patient_id).where(
+                messages.c.patient_id.in_(sharing.scalar_subquery()),
+                messages.c.to_address == phone, messages.c.channel == "sms",
+                messages.c.appointment_id.is_not(None),
+                messages.c.kind.in_(sorted(ABOUT_A_COMING_APPOINTMENT)),
+                messages.c.status.in_((SENT, DELIVERED)))
+            .order_by(messages.c.sent_at.desc()).limit(1)).first()
+
     def last_sent_to_patient(self, patient_id: str, kind: str) -> datetime | None:
         return self._c.execute(sa.select(sa.func.max(messages.c.created_at)).where(
             messages.c.patient_id == patient_id, messages.c.kind == kind,

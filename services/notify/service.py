@@ -19,11 +19,17 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
             uow.opt_outs.set(sender, intent == "opt_out")
         if intent == "opt_out":
             uow.messages.hold_for_opt_out(sender)
-        contact = uow.contacts.with_phone(sender)
-        patient_id = contact.patient_id if contact else None
+        # What the reply answers: the appointment of the last text sent to this number. Booking
+        # applies a YES or NO to that one only (docs/architecture.md, Patient replies).
+        answered = uow.messages.last_about_an_appointment(sender)
+        if answered is not None:
+            appointment_id, patient_id = answered
+        else:
+            contact = uow.contacts.with_phone(sender)
+            appointment_id, patient_id = None, contact.patient_id if contact else None
         uow.outbox.add(new_event(SOURCE, "notify.reply.received", patient_id or message_sid, {
-            "patient_id": patient_id, "phone": sender, "intent": intent, "score": score,
-            "message_sid": message_sid,
+            "patient_id": patient_id, "appointment_id": appointment_id, "phone": sender,
+            "intent": intent, "score": score, "message_sid": message_sid,
         }, uow.clock))
         uow.commit()
     return intent

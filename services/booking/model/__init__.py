@@ -4,6 +4,7 @@ from .appointments import (
     CANCELLED_BY,
     Appointment,
     next_appointment_for_reply,
+    still_answerable,
 )
 from .catalogue import DEMO_CLINICIANS, DEMO_NAMESPACE, DEMO_TREATMENTS
 from .clinicians import WEEKDAYS, Clinician, WorkingHours, parse_working_hours
@@ -36,6 +37,7 @@ __all__ = [
     "free_slots",
     "is_mobile",
     "next_appointment_for_reply",
+    "still_answerable",
     "normalise_phone",
     "normalise_postcode",
     "parse_working_hours",

@@ -104,13 +104,17 @@ class Appointment:
             raise Conflict(f"This appointment is {shown}; only a booked one can be {change}.")
 
 
+def still_answerable(appointment: Appointment, now: datetime) -> bool:
+    """Whether a patient's YES or NO can still change this appointment: booked and not yet
+    begun. A NO texted while running late, after the start, cancels nothing."""
+    return appointment.is_active and appointment.starts_at > as_utc(now, "now")
+
+
 def next_appointment_for_reply(
     appointments: list[Appointment], now: datetime
 ) -> Appointment | None:
-    """The appointment a patient's SMS "YES" or "NO" is about: their next booked one.
-
-    Replies carry no reference, and the reminder they answer is always for the next visit.
+    """The appointment a patient's SMS "YES" or "NO" is about when notify could not say which
+    text it answers (none about an appointment went to that number): their next booked one.
     """
-    now = as_utc(now, "now")
-    upcoming = [a for a in appointments if a.is_active and a.starts_at > now]
+    upcoming = [a for a in appointments if still_answerable(a, now)]
     return min(upcoming, key=lambda a: (a.starts_at, str(a.id)), default=None)

@@ -48,7 +48,37 @@ def test_a_reply_is_published_for_booking_with_its_intent(notifier, client, body
     [event] = notifier.published("notify.reply.received")
     assert event.data["intent"] == intent and event.data["score"] == score
     assert event.data["patient_id"] == "p-42" and event.data["phone"] == PHONE
-    assert set(event.data) == {"patient_id", "phone", "intent", "score", "message_sid"}
+    assert set(event.data) == {"patient_id", "appointment_id", "phone", "intent", "score",
+                               "message_sid"}
+
+
+def test_a_reply_names_the_appointment_of_the_last_text_sent_to_that_number(notifier, client):
+    """A mother and her son share a phone and both get a confirmation, the mother's last:
+    her NO answers her text, so the reply names her appointment and her, although the son's
+    contact is the one updated last (his booking event came after hers)."""
+    mother, _ = book(notifier, patient_id="p-mother", starts_at=STARTS + timedelta(days=1),
+                     contact=contact(email_ok=False))
+    notifier.clock.advance(timedelta(minutes=1))
+    son, _ = book(notifier, patient_id="p-son", contact=contact(email_ok=False))
+    notifier.dispatch()                              # both confirmations
+    assert [m["to"] for m in notifier.twilio.messages] == [PHONE, PHONE]
+    with notifier.engine.begin() as connection:      # the mother's went out a minute later
+        connection.exec_driver_sql(
+            "UPDATE messages SET sent_at = sent_at + interval '1 minute' "
+            "WHERE appointment_id = %(id)s", {"id": mother})
+    reply(notifier, client, "NO")
+    [event] = notifier.published("notify.reply.received")
+    assert (event.data["appointment_id"], event.data["patient_id"]) == (mother, "p-mother")
+
+
+def test_a_reply_names_no_appointment_when_none_was_texted_about(notifier, client):
+    """Booked, but nothing sent yet (or only emails): no appointment is named, and booking
+    falls back to the patient's next one."""
+    book(notifier, patient_id="p-42", contact=contact(sms=False))
+    notifier.dispatch()                              # the email confirmation only
+    reply(notifier, client, "NO")
+    [event] = notifier.published("notify.reply.received")
+    assert (event.data["appointment_id"], event.data["patient_id"]) == (None, "p-42")
 
 
 def test_a_reply_from_an_unknown_number_still_reaches_booking_without_a_patient(notifier, client):
