@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -224,7 +225,8 @@ class SignatureCheck:
 def check_phone_signature(header: str, body: bytes, secret: str, now: float) -> SignatureCheck:
     """`t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, refused when older than 5 minutes so
     a captured request cannot be replayed later."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    parts = {key.strip(): value.strip()
+             for key, value in (p.split("=", 1) for p in header.split(",") if "=" in p)}
     if "t" not in parts or "v1" not in parts:
         return SignatureCheck(False, "missing signature")
     try:
@@ -234,7 +236,8 @@ def check_phone_signature(header: str, body: bytes, secret: str, now: float) -> 
     if abs(now - stamp) > SIGNATURE_TOLERANCE:
         return SignatureCheck(False, "signature expired")
     expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, parts["v1"].strip()):
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a 500, not a 403).
+    if not hmac.compare_digest(expected.encode(), parts["v1"].encode("utf-8", "replace")):
         return SignatureCheck(False, "signature mismatch")
     return SignatureCheck(True)
 
@@ -249,7 +252,12 @@ def phone_webhook():
                                   time.time())
     if not check.ok:
         return json_error(403, "forbidden", check.reason)
-    call = PhoneCallIn().load(request.get_json(silent=True) or {})
+    # The signed bytes themselves, whatever Content-Type the phone system sent with them.
+    try:
+        body = json.loads(request.get_data())
+    except ValueError:
+        return json_error(400, "bad_request", "The body is not JSON")
+    call = PhoneCallIn().load(body if isinstance(body, dict) else {"_": body})
     call["from"] = call.pop("from_")
     new = service.record_phone_call(ctx.uow(), call)
     return jsonify({"status": "recorded" if new else "duplicate"}), 200
@@ -260,7 +268,10 @@ def twilio_voice_webhook():
     """Twilio Voice status callbacks: an inbound call nobody answered is a missed call."""
     ctx = _context()
     token = ctx.config.twilio_auth_token
-    url = ctx.config.public_base_url_booking.rstrip("/") + request.path
+    # Twilio signs the URL it called, query included (as notify's webhooks check it).
+    query = request.query_string.decode()
+    url = (ctx.config.public_base_url_booking.rstrip("/") + request.path
+           + (f"?{query}" if query else ""))
     signature = request.headers.get("X-Twilio-Signature", "")
     if not token or not RequestValidator(token).validate(url, request.form, signature):
         return json_error(403, "forbidden", "invalid Twilio signature")

@@ -230,6 +230,16 @@ class AppointmentsQuery(Requesting):
     clinician_id = fields.UUID(load_default=None)
 
 
+def _in_utc_range(instant) -> bool:
+    """Stored in UTC: an instant near year 1 or 9999 whose UTC form is outside the calendar
+    ("0001-01-01T00:00+05:00") is refused here, not as a 500 at the INSERT."""
+    try:
+        instant.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("outside the range of dates that can be stored") from None
+    return True
+
+
 class PhoneCallIn(Requesting):
     event = fields.String(required=True,
                           validate=validate.OneOf(["call.missed", "call.started", "call.ended"]))
@@ -237,4 +247,5 @@ class PhoneCallIn(Requesting):
     # `from` is a Python keyword: data_key keeps the wire name.
     from_ = fields.String(data_key="from", required=True, validate=validate.Length(1, 40))
     to = fields.String(required=True, validate=validate.Length(1, 40))
-    at = fields.AwareDateTime(required=True, format="iso", default_timezone=UTC)
+    at = fields.AwareDateTime(required=True, format="iso", default_timezone=UTC,
+                              validate=_in_utc_range)

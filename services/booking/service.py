@@ -387,11 +387,21 @@ def record_intake_form(uow: BookingUnitOfWork, event, status: str) -> None:
         uow.commit()
 
 
+def _as_e164(number: str) -> str:
+    """A caller's number as patients' numbers are stored, so "07400 123456" finds its
+    patient; one that cannot be read is kept as given (it then matches no patient)."""
+    try:
+        return model.normalise_phone(number) if number else number
+    except ValueError:
+        return number
+
+
 def record_phone_call(uow: BookingUnitOfWork, call: dict) -> bool:
     """A missed call from a known number becomes `booking.call.missed`; repeats of the same
     webhook (the phone system retries) are recorded once. True when newly recorded."""
     with uow:
-        patients = uow.patients.with_phone(call["from"]) if call.get("from") else []
+        caller = _as_e164(call.get("from") or "")
+        patients = uow.patients.with_phone(caller) if caller else []
         patient = patients[0] if patients else None
         if not uow.calls.record(call["call_id"], call["event"],
                                 patient.id if patient else None, call["at"]):
@@ -399,7 +409,7 @@ def record_phone_call(uow: BookingUnitOfWork, call: dict) -> bool:
         if call["event"] == "call.missed":
             uow.outbox.add(new_event(SOURCE, "booking.call.missed", call["call_id"], {
                 "call_id": call["call_id"], "patient_id": str(patient.id) if patient else None,
-                "phone": call["from"], "at": _iso(call["at"]),
+                "at": _iso(call["at"]),
                 "contact": _contact(patient) if patient else None,
             }, uow.clock))
         uow.commit()
