@@ -223,14 +223,14 @@ def plan_missed_call(
     """A "sorry we missed your call" SMS at once, to a known patient, at most once an hour.
 
     Unknown callers get nothing: we would be texting a number we hold no consent for; nor do
-    patients who declined SMS (booking sends their contact with the event).
+    patients who declined SMS. The text goes to the patient's number as booking holds it (the
+    event's `contact`), not to whatever number the call came from.
     """
-    if data.get("patient_id") is None:
-        return []
-    if "contact" in data and not (data["contact"] or {}).get("sms"):
+    contact = data.get("contact") or {}
+    if data.get("patient_id") is None or not contact.get("sms") or not contact.get("phone"):
         return []
     now = as_utc(now)
     last = as_utc(last_sent_to_patient) if last_sent_to_patient else None
     if not missed_call_text_allowed(now, last):
         return []
-    return _plan("missed_call", data["call_id"], [("sms", data["phone"])], now, data, {})
+    return _plan("missed_call", data["call_id"], [("sms", contact["phone"])], now, data, {})

@@ -313,7 +313,7 @@ def missed_call(notifier, patient_id="p-1"):
     call_id = new_id()
     notifier.handle(Event(type="booking.call.missed", source="/booking", subject=call_id,
                           time=notifier.clock.now(), data={
-                              "call_id": call_id, "patient_id": patient_id, "phone": PHONE,
+                              "call_id": call_id, "patient_id": patient_id,
                               "at": notifier.clock.now().isoformat(), "contact": contact()}))
 
 

@@ -252,8 +252,10 @@ def test_a_checkin_handled_late_goes_now_within_a_week_and_not_after():
 
 
 def missed_call(**changes) -> dict:
-    return {"call_id": "call-42", "patient_id": PATIENT, "phone": PHONE,
-            "at": "2026-11-30T11:58:00Z", **changes}
+    """`booking.call.missed` as booking publishes it (no caller number: the contact's)."""
+    return {"call_id": "call-42", "patient_id": PATIENT, "at": "2026-11-30T11:58:00Z",
+            "contact": {"phone": PHONE, "email": None, "sms": True, "email_ok": False},
+            **changes}
 
 
 def test_a_missed_call_from_a_patient_gets_a_text_now():
@@ -274,7 +276,14 @@ def test_a_missed_call_from_a_patient_who_declined_sms_gets_nothing():
 
 def test_a_missed_call_from_an_unknown_number_gets_nothing():
     clock = FixedClock("2026-11-30T12:00:00Z")
-    assert plan_missed_call(missed_call(patient_id=None), clock.now(), None) == []
+    assert plan_missed_call(missed_call(patient_id=None, contact=None), clock.now(), None) == []
+
+
+def test_a_missed_call_without_a_contact_is_no_consent_to_text():
+    clock = FixedClock("2026-11-30T12:00:00Z")
+    assert plan_missed_call(missed_call(contact=None), clock.now(), None) == []
+    assert plan_missed_call({k: v for k, v in missed_call().items() if k != "contact"},
+                            clock.now(), None) == []
 
 
 @pytest.mark.parametrize(
