@@ -62,6 +62,9 @@ messages = sa.Table(
     sa.Column("error_code", sa.String(20), nullable=True),
     sa.Column("error", sa.String(300), nullable=True),
     sa.Column("fallback_of", sa.Uuid, nullable=True),
+    # Why a message whose send is begun but unresolved must not be sent after all (migration
+    # 0003): set by a cancellation, a new time or a STOP that came while it was in doubt.
+    sa.Column("withdrawn", sa.String(100), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -211,13 +214,21 @@ class MessageRepository:
                        reason: str | None = None) -> int:
         """Cancel what has not gone yet: pending rows, and rows a scheduler has claimed but not
         begun to send (its `begin_send` then finds the row cancelled and sends nothing)."""
-        statement = messages.update().where(
-            messages.c.appointment_id == appointment_id, _not_yet_sent())
+        about = [messages.c.appointment_id == appointment_id]
         if kinds:
-            statement = statement.where(messages.c.kind.in_(kinds))
-        return self._c.execute(statement.values(
+            about.append(messages.c.kind.in_(kinds))
+        self._withdraw(reason or "cancelled", *about)
+        return self._c.execute(messages.update().where(_not_yet_sent(), *about).values(
             status=CANCELLED, claim_token=None, lease_until=None, error=reason,
             updated_at=self._clock.now())).rowcount
+
+    def _withdraw(self, reason: str, *where) -> None:
+        """Sends begun whose outcome is unknown (the provider answered unclearly, or the
+        worker died): recovery asks the provider whether they went and, if not, cancels them
+        with this reason instead of sending (`Scheduler._recover`)."""
+        self._c.execute(messages.update().where(
+            messages.c.status == SENDING, messages.c.sending_at.is_not(None), *where,
+        ).values(withdrawn=reason[:100]))
 
     def move_pending(self, appointment_id: str, kind: str, due_at: datetime | None,
                      starts_at: datetime) -> None:
@@ -240,6 +251,8 @@ class MessageRepository:
     def hold_for_opt_out(self, phone: str) -> int:
         """STOP: SMS to this number claimed but not begun go back to pending, where the next
         round cancels them as opted out (their claimer's `begin_send` finds them gone)."""
+        self._withdraw("opted out of SMS", messages.c.to_address == phone,
+                       messages.c.channel == "sms")
         return self._c.execute(messages.update().where(
             messages.c.to_address == phone, messages.c.channel == "sms",
             messages.c.status == SENDING, messages.c.sending_at.is_(None),
@@ -309,6 +322,15 @@ class MessageRepository:
             messages.c.id == message_id, messages.c.claim_token == token,
             messages.c.status == SENDING,
         ).values(provider_status=HANDED_OVER, updated_at=self._clock.now())).rowcount == 1
+
+    def cancel_if_withdrawn(self, message_id: uuid.UUID, token: uuid.UUID) -> bool:
+        """A send found not to have gone, cancelled if it was withdrawn meanwhile (`_withdraw`).
+        Whether it was."""
+        return self._c.execute(messages.update().where(
+            messages.c.id == message_id, messages.c.claim_token == token,
+            messages.c.status == SENDING, messages.c.withdrawn.is_not(None),
+        ).values(status=CANCELLED, error=messages.c.withdrawn, claim_token=None,
+                 lease_until=None, updated_at=self._clock.now())).rowcount == 1
 
     def settle(self, message_id: uuid.UUID, token: uuid.UUID, **values) -> bool:
         """Record a claimed message's outcome, if the claim is still ours."""

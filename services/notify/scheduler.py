@@ -402,6 +402,14 @@ class Scheduler:
             self._sent(message, message_id_header(str(message.id),
                                                   self.context.config.email_from), "unconfirmed")
             return
+        # It did not go. A cancellation, a new time or a STOP that came while it was in doubt
+        # could not stop it then; it does now.
+        with self.context.uow() as uow:
+            withdrawn = uow.messages.cancel_if_withdrawn(message.id, self.token)
+            uow.commit()
+        if withdrawn:
+            log.info("message.withdrawn", message_id=str(message.id))
+            return
         self.deliver(message)
 
     # --- outcomes ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -205,6 +206,58 @@ def test_a_500_is_checked_against_twilios_list_before_sending_again(notifier):
     assert len(notifier.sms_to()) == 1
     list_calls = [r for r in notifier.twilio.requests if r["method"] == "GET"]
     assert list_calls and all(r["query"].get("To") == PHONE for r in list_calls)
+
+
+def _confirmation_in_doubt(notifier) -> str:
+    """A confirmation whose send Twilio answered with a 500 (it may have taken it): held in
+    `sending` until recovery asks Twilio's list. Its appointment id."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.twilio.fail_next(1, status=500)
+    notifier.dispatch()
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sending" and row.sending_at is not None
+    return appointment_id
+
+
+@pytest.mark.parametrize("change", ["cancelled", "rescheduled", "stop"])
+def test_a_send_in_doubt_is_not_made_after_a_cancellation_a_new_time_or_stop(notifier, change):
+    """The change comes while the send is in doubt; Twilio's list then shows it never went:
+    it is cancelled with the reason, not sent for an appointment that is off or moved, or to
+    a number that said STOP."""
+    appointment_id = _confirmation_in_doubt(notifier)
+    notifier.clock.advance(timedelta(seconds=10))
+    if change == "stop":
+        with notifier.context.uow() as uow:
+            uow.messages.hold_for_opt_out(PHONE)
+            uow.opt_outs.set(PHONE, True)
+            uow.commit()
+    else:
+        extra = {"previous_starts_at": STARTS.isoformat()} if change == "rescheduled" else {}
+        notifier.handle(appointment_event(
+            change, appointment_id, STARTS + timedelta(days=1 if extra else 0),
+            notifier.clock.now(), contact=contact(email_ok=False), **extra))
+    notifier.clock.advance(timedelta(seconds=300))
+    notifier.dispatch()
+    notifier.dispatch()
+    [row] = [r for r in notifier.rows(kind="confirmation") if r.sending_at is not None]
+    assert row.status == "cancelled" and row.error
+    sent = [m["body"] for m in notifier.sms_to()]
+    assert not any("reply YES" in body and "30 Nov" in body for body in sent), sent
+    if change == "stop":
+        assert sent == []
+
+
+def test_a_send_in_doubt_that_went_is_recorded_sent_even_if_withdrawn(notifier):
+    """Twilio had taken it after all: it went, and the log says so."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    dead, message = _claimed_by_a_worker_that_dies(notifier, "sms")
+    dead._send(message)                      # Twilio took it; the worker died before recording
+    notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=False)))
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()
+    [row] = [r for r in notifier.rows(kind="confirmation")]
+    assert row.status == "sent" and row.provider_id == notifier.sms_to()[0]["sid"]
 
 
 def test_a_worker_that_died_after_twilio_took_the_message_does_not_send_it_twice(notifier):

@@ -267,7 +267,7 @@ def test_every_message_the_policies_plan_renders_on_its_channel():
             now, quiet, LONDON,
         ),
         *plan_missed_call(
-            {"call_id": "c1", "patient_id": "p1", "phone": "+447400123456", "at": None}, now, None
+            {"call_id": "c1", "patient_id": "p1", "at": None, "contact": contact}, now, None
         ),
     ]
     assert {m.kind for m in planned} == set(SMS_KINDS)
