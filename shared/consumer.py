@@ -173,6 +173,9 @@ class EventConsumer(ConsumerMixin):
         except InvalidEvent as error:
             self.park(message, body, f"invalid event: {error}")
             return None
+        except Exception as error:   # a body no decoder foresaw: parked, never a dead worker
+            self.park(message, body, f"invalid event: undecodable ({type(error).__name__})")
+            return None
         if event.type not in self.handlers:
             log.info("event.ignored", type=event.type, event_id=event.id)
             message.ack()

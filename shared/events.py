@@ -63,8 +63,8 @@ _REQUIRED = ("specversion", "id", "source", "type", "time", "subject")
 def decode(body: bytes | str) -> Event:
     try:
         raw = json.loads(body)
-    except (ValueError, TypeError) as error:
-        raise InvalidEvent(f"not JSON: {error}") from error
+    except (ValueError, TypeError, RecursionError) as error:   # RecursionError: nested deep
+        raise InvalidEvent(f"not JSON: {type(error).__name__}: {error}") from error
     if not isinstance(raw, dict):
         raise InvalidEvent("not a JSON object")
     # Checked before the SDK, which would invent a fresh `id` or `time` for a message that has
@@ -88,11 +88,15 @@ def decode(body: bytes | str) -> Event:
     time = attributes["time"]
     if not isinstance(time, datetime) or time.tzinfo is None:
         raise InvalidEvent("time must be an RFC 3339 timestamp with an offset")
+    try:
+        time = time.astimezone(UTC)
+    except OverflowError as error:                # "0001-01-01T00:00:00+05:00"
+        raise InvalidEvent("time is outside the calendar in UTC") from error
     return Event(
         id=attributes["id"],
         source=attributes["source"],
         type=attributes["type"],
         subject=str(attributes["subject"]),
-        time=time.astimezone(UTC),
+        time=time,
         data=data,
     )

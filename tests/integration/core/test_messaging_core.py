@@ -299,7 +299,10 @@ def test_poison_messages_are_parked_with_their_reason_and_do_not_block(store, am
     good = [new_event("/test", "test.thing.happened", "s", {"n": n}, CLOCK) for n in range(100)]
     from shared.events import encode
     poison = [b"not json", b"{}", b'{"specversion":"1.0","id":"x","source":"/t",'
-              b'"type":"test.thing.happened"}', b"\xff\xfe", b"[1,2,3]"]
+              b'"type":"test.thing.happened"}', b"\xff\xfe", b"[1,2,3]",
+              b"[" * 100_000 + b"]" * 100_000,     # deeper than the JSON decoder recurses
+              b'{"specversion":"1.0","id":"y","source":"/t","type":"test.thing.happened",'
+              b'"subject":"s","time":"0001-01-01T00:00:00+05:00","data":{}}']
     bodies = [encode(e) for e in good]
     for index, body in enumerate(poison):
         bodies.insert(index * 20 + 3, body)
@@ -308,8 +311,9 @@ def test_poison_messages_are_parked_with_their_reason_and_do_not_block(store, am
                               pika.BasicProperties(delivery_mode=2))
     stop, thread = _run_consumer(amqp_url, {"test.thing.happened": handler})
     assert _wait_for(lambda: _count(engine, effects) == 100)
-    parked = _drain(channel, dead_letter_queue_name("test"), 5)
+    parked = _drain(channel, dead_letter_queue_name("test"), len(poison))
     assert sorted(body for _, body in parked) == sorted(poison)
+    assert thread.is_alive()                    # no body brings the consumer down
     for properties, _ in parked:
         assert properties.headers["x-clinic-error"].startswith("invalid event:")
         assert properties.headers["x-clinic-queue"] == queue_name("test")
