@@ -19,6 +19,7 @@ time by the ordinary handler, with the ordinary retries and parking.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -70,10 +71,12 @@ def is_infrastructure_error(error: BaseException) -> bool:
 class EventConsumer(ConsumerMixin):
     def __init__(self, url: str, service: str, handlers: Mapping[str, Handler],
                  prefetch: int = 50, stop: threading.Event | None = None,
-                 batch_handlers: Mapping[str, BatchHandler] | None = None):
+                 batch_handlers: Mapping[str, BatchHandler] | None = None,
+                 heartbeat: float = 30):
         self.connection = Connection(
-            url, heartbeat=30, transport_options={"confirm_publish": True}
+            url, heartbeat=heartbeat, transport_options={"confirm_publish": True}
         )
+        self._heartbeat = heartbeat
         self.service = service
         self.handlers = dict(handlers)
         self.batch_handlers = dict(batch_handlers or {})
@@ -216,10 +219,31 @@ class EventConsumer(ConsumerMixin):
                     raise
                 log.warning("event.retrying", type=event.type, event_id=event.id,
                             error=type(error).__name__, retry_in=delay)
-                self.stop.wait(delay)
-                if self._current_connection is not None:
-                    self._current_connection.heartbeat_check()
+                self._wait_alive(delay)
                 delay = min(delay * 2, 15.0)
+
+    def _wait_alive(self, seconds: float) -> None:
+        """Wait, sending the broker a heartbeat at least every half interval meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.stop.wait(min(left, self._heartbeat / 2))
+            self._still_here()
+
+    def _still_here(self) -> None:
+        """While a handler waits for the database, a heartbeat frame keeps the broker from
+        closing the connection. Only sent, not checked: nothing is read from the socket
+        meanwhile (reading would deliver the next messages inside this one's retry), so a
+        check would count the broker's unread heartbeats as missed and drop the connection
+        after two intervals, and the message would count as a failed delivery and, after a
+        few minutes of outage, be parked. A connection really lost shows at the ack."""
+        client = self._current_connection
+        send = getattr(getattr(client, "connection", None), "send_heartbeat", None)
+        if send is None:                    # memory://, or not connected
+            return
+        try:
+            send()
+        except Exception as error:
+            log.warning("broker.heartbeat_failed", error=type(error).__name__)
 
     def _attempt(self, message, event: Event) -> int:
         """Which delivery this is: RabbitMQ's quorum queues count returns in x-delivery-count;

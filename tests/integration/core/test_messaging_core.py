@@ -237,6 +237,52 @@ def _run_consumer(amqp_url, handlers, service="test"):
     return stop, thread
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_handler_waiting_out_a_database_outage_keeps_its_delivery(store, amqp_url):
+    """The database away for five heartbeat intervals (2 s here, 30 s in production): the
+    handler retries in place, the broker connection stays up, and the event is applied once
+    on its first delivery, neither counted as failed nor parked."""
+    engine, tables, effects = store
+    apply = _idempotent_handler(engine, tables, effects)
+    back_at = time.monotonic() + 10
+    deliveries = []
+
+    def handler(event):
+        deliveries.append(event.id)
+        if time.monotonic() < back_at:
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("the server is away"))
+        apply(event)
+    declare_probe = Publisher(amqp_url)
+    declare_probe._open()
+    declare_topology(declare_probe._connection, "test", ["test.thing.happened"])
+    declare_probe.close()
+    connection, channel = _pika_channel(amqp_url)
+    from shared.events import encode
+    event = new_event("/test", "test.thing.happened", "s", {"n": 1}, CLOCK)
+    channel.basic_publish("clinic.events", "test.thing.happened", encode(event),
+                          pika.BasicProperties(delivery_mode=2))
+    counts = []
+
+    class Observed(EventConsumer):       # notes each delivery's count as RabbitMQ gives it
+        def _handle_one(self, message, body, event):
+            counts.append((message.headers or {}).get("x-delivery-count", 0))
+            super()._handle_one(message, body, event)
+    stop = threading.Event()
+    consumer = Observed(amqp_url, "test", {"test.thing.happened": handler}, stop=stop,
+                        heartbeat=2)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        assert _wait_for(lambda: _count(engine, effects) == 1, timeout=30)
+        assert set(deliveries) == {event.id}
+        assert counts == [0]                 # one delivery, never returned as failed
+        assert _drain(channel, dead_letter_queue_name("test"), 1, timeout=1) == []
+    finally:
+        stop.set()
+        thread.join(10)
+        connection.close()
+
+
 def _idempotent_handler(engine, tables, effects):
     def handle(event):
         with UnitOfWork(engine, tables, CLOCK, outbox_channel("test")) as uow:
