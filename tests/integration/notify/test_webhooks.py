@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from tests.integration.notify.conftest import (
     EMAIL,
@@ -111,12 +112,40 @@ def test_an_unsigned_or_forged_webhook_is_refused(notifier, client, tamper):
 def test_a_webhook_without_its_fields_is_a_clear_400(notifier, client):
     url, form, headers = notifier.twilio.inbound_sms_request(PHONE, "YES", SMS_URL)
     del form["MessageSid"], form["SmsSid"], form["SmsMessageSid"]
-    from twilio.request_validator import RequestValidator
-    headers["X-Twilio-Signature"] = RequestValidator(
-        notifier.twilio.auth_token).compute_signature(url, form)
+    form, headers = _resigned(notifier, url, form, headers)
     response = client.post("/webhooks/twilio/sms", data=form, headers=headers)
     assert response.status_code == 400
     assert "MessageSid" in response.get_json()["error"]["fields"]
+
+
+def _resigned(notifier, url, form, headers):
+    headers["X-Twilio-Signature"] = RequestValidator(
+        notifier.twilio.auth_token).compute_signature(url, form)
+    return form, headers
+
+
+@pytest.mark.parametrize(("hook", "field", "value"), [
+    ("sms", "From", "whatsapp:+447400123456"),
+    ("sms", "MessageSid", "SM" + "a" * 70),
+    ("status", "MessageSid", "SM" + "a" * 70),
+    ("status", "MessageStatus", "delivered-but-with-a-much-longer-name"),
+    ("status", "ErrorCode", "3" * 25),
+])
+def test_a_signed_webhook_with_an_overlong_field_is_a_clear_400(notifier, client, hook, field,
+                                                                 value):
+    """Values no column can hold are refused field by field, not failed as a 500."""
+    if hook == "sms":
+        url, form, headers = notifier.twilio.inbound_sms_request(PHONE, "STOP", SMS_URL)
+    else:
+        book(notifier, contact=contact(email_ok=False))
+        notifier.dispatch()
+        url, form, headers = notifier.twilio.status_callback_request(
+            notifier.sms_to()[0]["sid"], "delivered", url=STATUS_URL)
+    form[field] = value
+    form, headers = _resigned(notifier, url, form, headers)
+    response = client.post(url.removeprefix(PUBLIC_NOTIFY), data=form, headers=headers)
+    assert response.status_code == 400, response.data
+    assert field in response.get_json()["error"]["fields"]
 
 
 def test_stop_holds_every_sms_until_start(notifier, client):
