@@ -15,6 +15,7 @@ from collections import deque
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
@@ -24,6 +25,26 @@ from shared.logging import get_logger
 from shared.messaging import InFlight, OutgoingMessage, Publisher
 
 log = get_logger("outbox")
+
+
+# The leader's lock lives as long as its session. If the leader's host dies or is cut off
+# (no FIN), the server would otherwise hold the lock until TCP gives up on the idle session
+# (keepalive after 2 hours by default; about 15 minutes of retransmits once a notification is
+# queued for it), and no standby could publish meanwhile. Asked of the server for this
+# session (a dead peer noticed in about 25 s) and of libpq for our side.
+_DEAD_PEER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                      "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000")
+_QUICK_TO_NOTICE_A_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10,
+                                "keepalives_interval": 5, "keepalives_count": 3,
+                                "tcp_user_timeout": 30000}
+
+
+def _with_dead_peer_timeouts(conninfo: str) -> str:
+    """The connection string with the server-side keepalive settings added to any `options`
+    it already has (a deployment's own search_path, say, is kept)."""
+    params = conninfo_to_dict(conninfo)
+    params["options"] = " ".join(filter(None, [params.get("options"), _DEAD_PEER_OPTIONS]))
+    return make_conninfo(**params)
 
 
 class SoleLeadership:
@@ -46,7 +67,7 @@ class AdvisoryLockLeadership:
 
     def __init__(self, engine: Engine, service: str):
         url = engine.url.set(drivername="postgresql")
-        self._conninfo = url.render_as_string(hide_password=False)
+        self._conninfo = _with_dead_peer_timeouts(url.render_as_string(hide_password=False))
         self._channel = outbox_channel(service)
         self._key = zlib.crc32(self._channel.encode())
         self._connection: psycopg.Connection | None = None
@@ -56,7 +77,8 @@ class AdvisoryLockLeadership:
             if self._still_held():
                 return True
             self.release()
-        connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
+                                     **_QUICK_TO_NOTICE_A_DEAD_PEER)
         locked = connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
         if not locked:
             connection.close()

@@ -7,6 +7,7 @@ import time
 import pika
 import pytest
 import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict
 
 from shared.clock import SystemClock
 from shared.consumer import EventConsumer
@@ -20,7 +21,7 @@ from shared.messaging import (
     declare_topology,
     queue_name,
 )
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, _with_dead_peer_timeouts
 
 CLOCK = SystemClock()
 
@@ -206,6 +207,28 @@ def test_only_one_relay_leads_and_a_standby_takes_over(store, amqp_url):
     first.close()  # as when the leader's process dies and its connection drops
     assert second.leadership.acquire()
     second.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_leaders_session_notices_a_dead_peer_in_seconds_not_hours(store, amqp_url):
+    """A leader whose host dies without closing its socket must not hold the lock for the
+    two hours of TCP's default keepalive: the server is asked to probe this session after
+    10 s idle. A deployment's own `options` are kept beside those settings."""
+    engine, tables, _ = store
+    relay = OutboxRelay(engine, tables.outbox, Publisher(amqp_url), CLOCK, "test")
+    try:
+        assert relay.leadership.acquire()
+        session = relay.leadership._connection
+        settings = {name: session.execute(f"SHOW {name}").fetchone()[0] for name in (
+            "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+            "tcp_user_timeout")}
+        assert settings == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                            "tcp_keepalives_count": "3", "tcp_user_timeout": "30000"}
+    finally:
+        relay.close()
+    kept = conninfo_to_dict(_with_dead_peer_timeouts(
+        "host=db dbname=clinic options='-c search_path=clinic'"))
+    assert kept["options"].startswith("-c search_path=clinic -c tcp_keepalives_idle=10")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
