@@ -49,8 +49,8 @@ def cmd_worker(args) -> int:
     stop = threading.Event()
     context = _app_module(args.service).bootstrap(config)
     worker = importlib.import_module(f"services.{args.service}.worker")
-    run_until_stopped(worker.threads(context, stop), stop)
-    return 0
+    crashed = run_until_stopped(worker.threads(context, stop), stop)
+    return 1 if crashed else 0
 
 
 def cmd_db_upgrade(args) -> int:

@@ -57,11 +57,15 @@ def _guarded(service: str, name: str, target: Callable, stop: threading.Event) -
             target()
         except BaseException:
             log.exception("worker.loop_crashed", service=service, loop=name)
+            threading.current_thread().crashed = True
             stop.set()
     return run
 
 
-def run_until_stopped(threads: list[threading.Thread], stop: threading.Event) -> None:
+def run_until_stopped(threads: list[threading.Thread], stop: threading.Event) -> bool:
+    """Until SIGTERM/SIGINT or a loop's crash; whether a loop crashed, so that the process
+    can exit non-zero and a supervisor that restarts only failures (systemd's on-failure)
+    restarts it."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     for thread in threads:
@@ -70,3 +74,4 @@ def run_until_stopped(threads: list[threading.Thread], stop: threading.Event) ->
         pass
     for thread in threads:
         thread.join(timeout=10)
+    return any(getattr(thread, "crashed", False) for thread in threads)
