@@ -83,6 +83,9 @@ class EventConsumer(ConsumerMixin):
         self.prefetch = prefetch
         self._arrived: list = []  # messages received, not yet handled (batching only)
         self.stop = stop or threading.Event()
+        # memory:// keeps no delivery count: counted here. Not on RabbitMQ, where an entry
+        # for a message another worker then handled would never be dropped.
+        self._counts_locally = url.startswith("memory")
         self._local_attempts: dict[str, int] = {}
         self._current_connection: Connection | None = None
 
@@ -251,6 +254,8 @@ class EventConsumer(ConsumerMixin):
         count = (message.headers or {}).get("x-delivery-count")
         if count is not None:
             return int(count) + 1
+        if not self._counts_locally:        # RabbitMQ's first delivery carries no count
+            return 1
         self._local_attempts[event.id] = self._local_attempts.get(event.id, 0) + 1
         return self._local_attempts[event.id]
 
