@@ -384,15 +384,29 @@ def _about_an_appointment_that_is_over():
 
 def cancel_unwanted(connection: Connection, now: datetime) -> int:
     """Due messages that must not go, cancelled with the reason: SMS to a number that replied
-    STOP, and messages about an appointment that is over (`model.delivery`). Two set-wise
-    statements a round rather than a query per message; `claim_due` skips the same rows, so
-    one that falls due between the two is not sent either."""
+    STOP, a reminder overtaken by a later one, and messages about an appointment that is over
+    (`model.delivery`). Set-wise statements a round rather than a query per message;
+    `claim_due` skips opted-out and finished ones too, so one that falls due between the two
+    is not sent either."""
     due = sa.and_(messages.c.status == PENDING, messages.c.due_at <= now)
     cancelled = connection.execute(messages.update().where(due, _opted_out_sms()).values(
         status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
+    cancelled += connection.execute(messages.update().where(
+        due, _superseded_reminder(now),
+    ).values(status=CANCELLED, error="superseded by a later reminder", updated_at=now)).rowcount
     return cancelled + connection.execute(messages.update().where(
         due, _about_an_appointment_that_is_over(),
     ).values(status=CANCELLED, error="appointment no longer coming", updated_at=now)).rowcount
+
+
+def _superseded_reminder(now: datetime):
+    """A reminder found due together with a later one for the same appointment and channel
+    (the workers were down across both times): only the later goes, not two in a row."""
+    later = messages.alias("later")
+    return sa.and_(messages.c.kind == "reminder", sa.exists().where(
+        later.c.appointment_id == messages.c.appointment_id,
+        later.c.channel == messages.c.channel, later.c.kind == "reminder",
+        later.c.status == PENDING, later.c.due_at > messages.c.due_at, later.c.due_at <= now))
 
 
 def claim_due(connection: Connection, now: datetime, limit: int, lease: timedelta,

@@ -114,6 +114,24 @@ def test_a_booking_handled_after_its_cancellation_sends_nothing(notifier):
     assert notifier.rows(kind="reminder") == [] and notifier.rows(kind="confirmation") == []
 
 
+def test_after_an_outage_over_both_reminder_times_only_the_later_reminder_goes(notifier):
+    """The workers were down from before the 48 h reminder (28 Nov 10:00) until after the 2 h
+    one (30 Nov 08:00): the patient gets one reminder on each channel, not two in a row."""
+    book(notifier)
+    notifier.dispatch()                                  # the confirmations
+    notifier.clock.set("2026-11-30T08:30:00+00:00")
+    notifier.dispatch()
+    notifier.dispatch()
+    assert sum("reminder" in m["body"] for m in notifier.sms_to()) == 1
+    assert len(notifier.smtp.messages_to(EMAIL)) == 2    # confirmation and one reminder
+    reminders = notifier.rows(kind="reminder")
+    assert sorted((r.channel, r.status) for r in reminders) == [
+        ("email", "cancelled"), ("email", "sent"), ("sms", "cancelled"), ("sms", "sent")]
+    assert {r.error for r in reminders if r.status == "cancelled"} == {
+        "superseded by a later reminder"}
+    assert all(r.status == "sent" for r in reminders if r.due_at.hour == 8)
+
+
 def _reminder_claimed(notifier):
     """An SMS-only booking confirmed, then at its 48 h reminder's time a scheduler that has
     claimed the reminder and not yet sent it: (appointment id, scheduler, reminder)."""
@@ -639,8 +657,9 @@ def test_a_reminder_found_due_after_its_appointment_began_is_dropped(notifier):
     notifier.clock.set("2026-11-30T10:05:00+00:00")
     notifier.dispatch()
     assert len(notifier.sms_to()) == 1
-    assert {(r.status, r.error) for r in notifier.rows(kind="reminder")} == {
-        ("cancelled", "too late to be of use")}
+    # Both dropped: the 2 h one as too late, the 48 h one already as overtaken by it.
+    assert [(r.status, r.error) for r in notifier.rows(kind="reminder")] == [
+        ("cancelled", "superseded by a later reminder"), ("cancelled", "too late to be of use")]
 
 
 def _two_rounds_of_sms(notifier, email=None, email_ok=False):
