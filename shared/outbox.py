@@ -15,7 +15,6 @@ from collections import deque
 
 import psycopg
 import sqlalchemy as sa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
@@ -31,20 +30,14 @@ log = get_logger("outbox")
 # (no FIN), the server would otherwise hold the lock until TCP gives up on the idle session
 # (keepalive after 2 hours by default; about 15 minutes of retransmits once a notification is
 # queued for it), and no standby could publish meanwhile. Asked of the server for this
-# session (a dead peer noticed in about 25 s) and of libpq for our side.
-_DEAD_PEER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-                      "-c tcp_keepalives_count=3 -c tcp_user_timeout=30000")
+# session (a dead peer noticed in about 25 s) with SET after connecting, not as startup
+# `options`, which a pooler such as PgBouncer refuses; and of libpq for our side. Both are
+# ignored on a Unix socket, where a dead peer cannot happen.
+_NOTICE_A_DEAD_PEER = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                       "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000")
 _QUICK_TO_NOTICE_A_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10,
                                 "keepalives_interval": 5, "keepalives_count": 3,
                                 "tcp_user_timeout": 30000}
-
-
-def _with_dead_peer_timeouts(conninfo: str) -> str:
-    """The connection string with the server-side keepalive settings added to any `options`
-    it already has (a deployment's own search_path, say, is kept)."""
-    params = conninfo_to_dict(conninfo)
-    params["options"] = " ".join(filter(None, [params.get("options"), _DEAD_PEER_OPTIONS]))
-    return make_conninfo(**params)
 
 
 class SoleLeadership:
@@ -67,7 +60,7 @@ class AdvisoryLockLeadership:
 
     def __init__(self, engine: Engine, service: str):
         url = engine.url.set(drivername="postgresql")
-        self._conninfo = _with_dead_peer_timeouts(url.render_as_string(hide_password=False))
+        self._conninfo = url.render_as_string(hide_password=False)
         self._channel = outbox_channel(service)
         self._key = zlib.crc32(self._channel.encode())
         self._connection: psycopg.Connection | None = None
@@ -79,6 +72,7 @@ class AdvisoryLockLeadership:
             self.release()
         connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
                                      **_QUICK_TO_NOTICE_A_DEAD_PEER)
+        connection.execute(_NOTICE_A_DEAD_PEER)
         locked = connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
         if not locked:
             connection.close()
