@@ -351,7 +351,9 @@ def _answered_appointment(uow: BookingUnitOfWork, data: dict) -> Appointment | N
         patient_id = _uuid_or_none(data.get("patient_id"))
         if appointment is None or (patient_id and appointment.patient_id != patient_id):
             return None
-        return appointment
+        if appointment.is_active:
+            return appointment          # answered, if it has not begun (still_answerable)
+        # Cancelled or over since notify looked: the reply is about what else is coming.
     patients = _patients_for_reply(uow, data)
     if len(patients) != 1:
         if patients:

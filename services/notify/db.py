@@ -68,6 +68,9 @@ messages = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+# The texts that invite a YES or NO ("Reply YES to confirm", "Can't come? Reply NO").
+ASKING_FOR_A_REPLY = ("confirmation", "reminder")
+
 # Claiming reads only pending rows by due time: the partial index keeps that cost flat however
 # many sent rows pile up. A second one finds messages stuck in `sending` after a crash.
 sa.Index("messages_pending_due", messages.c.due_at,
@@ -260,18 +263,23 @@ class MessageRepository:
                  updated_at=self._clock.now())).rowcount
 
     def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
-        """(appointment id, patient id) of the last SMS that went to this number about a
-        coming appointment: what a patient's YES or NO answers. A number several patients
+        """(appointment id, patient id) of the last SMS that went to this number inviting a
+        YES or NO (a confirmation or reminder) about an appointment still coming: what a
+        patient's YES or NO answers. A form link asks for no reply, and a cancelled
+        appointment's texts answer nothing any more. A number several patients
         share (a parent and child) is told apart by what was sent to it last, not by whose
         contact changed last. Found through the patients who have this number (indexed), not
         by scanning every message's address."""
         sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
+        finished = sa.select(appointment_states.c.appointment_id).where(
+            appointment_states.c.status.in_(sorted(FINISHED_APPOINTMENT)))
         return self._c.execute(
             sa.select(messages.c.appointment_id, messages.c.patient_id).where(
                 messages.c.patient_id.in_(sharing.scalar_subquery()),
                 messages.c.to_address == phone, messages.c.channel == "sms",
                 messages.c.appointment_id.is_not(None),
-                messages.c.kind.in_(sorted(ABOUT_A_COMING_APPOINTMENT)),
+                messages.c.appointment_id.not_in(finished.scalar_subquery()),
+                messages.c.kind.in_(ASKING_FOR_A_REPLY),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()
 
@@ -305,7 +313,7 @@ class MessageRepository:
         now = self._clock.now()
         return self._c.execute(messages.update().where(
             messages.c.id == message_id, messages.c.claim_token == token,
-            messages.c.status == SENDING,
+            messages.c.status == SENDING, messages.c.withdrawn.is_(None),
         ).values(sending_at=now, lease_until=now + lease, updated_at=now,
                  attempts=messages.c.attempts + 1)).rowcount == 1
 
@@ -333,7 +341,14 @@ class MessageRepository:
                  lease_until=None, updated_at=self._clock.now())).rowcount == 1
 
     def settle(self, message_id: uuid.UUID, token: uuid.UUID, **values) -> bool:
-        """Record a claimed message's outcome, if the claim is still ours."""
+        """Record a claimed message's outcome, if the claim is still ours. Back to `pending`
+        (a retry later, a stop, a new time) is `cancelled` instead when the message was
+        withdrawn while begun (`_withdraw`): it must not go later with its old text."""
+        if values.get("status") == PENDING:
+            withdrawn = messages.c.withdrawn.is_not(None)
+            values["status"] = sa.case((withdrawn, CANCELLED), else_=PENDING)
+            values["error"] = sa.case((withdrawn, messages.c.withdrawn),
+                                      else_=values.get("error", messages.c.error))
         return self._c.execute(messages.update().where(
             messages.c.id == message_id, messages.c.claim_token == token,
             messages.c.status == SENDING,
@@ -521,7 +536,7 @@ _START_SMS_SEND = DirectStatement(sa.text(f"""
            SET sending_at = :now, lease_until = :lease_until, updated_at = :now,
                attempts = attempts + 1
          WHERE id IN (SELECT id FROM target) AND claim_token = :token
-           AND status = '{SENDING}' AND (SELECT at FROM slot) <= :now
+           AND status = '{SENDING}' AND withdrawn IS NULL AND (SELECT at FROM slot) <= :now
         RETURNING id)
     SELECT (SELECT at FROM slot), EXISTS (SELECT 1 FROM begun), EXISTS (SELECT 1 FROM target)
 """).bindparams(sa.bindparam("now", type_=UTCDateTime),

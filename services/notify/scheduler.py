@@ -288,8 +288,9 @@ class Scheduler:
         if not self._still_timely(message):
             return
         begun, waited = self._begin(message)
-        if not begun:
-            return                          # cancelled, opted out or taken over meanwhile
+        if not begun:                       # cancelled, opted out or taken over meanwhile,
+            self._cancel_if_withdrawn(message)   # or withdrawn while an earlier try was begun
+            return
         sending = time.perf_counter()
         try:
             result = self._send(message, rendered)
@@ -404,13 +405,16 @@ class Scheduler:
             return
         # It did not go. A cancellation, a new time or a STOP that came while it was in doubt
         # could not stop it then; it does now.
+        if not self._cancel_if_withdrawn(message):
+            self.deliver(message)
+
+    def _cancel_if_withdrawn(self, message: ClaimedMessage) -> bool:
         with self.context.uow() as uow:
             withdrawn = uow.messages.cancel_if_withdrawn(message.id, self.token)
             uow.commit()
         if withdrawn:
             log.info("message.withdrawn", message_id=str(message.id))
-            return
-        self.deliver(message)
+        return withdrawn
 
     # --- outcomes ----------------------------------------------------------------------------
 
@@ -447,9 +451,12 @@ class Scheduler:
             self._hold(message, delay)
         else:
             with self.context.uow() as uow:
+                # It certainly never went (429, connection refused): not begun any more, so a
+                # cancellation before the next try stops it as it stops any pending message.
                 uow.messages.settle(message.id, self.token, status=PENDING,
                                     due_at=uow.clock.now() + timedelta(seconds=delay),
-                                    error=error.message[:300], provider_status=None)
+                                    error=error.message[:300], provider_status=None,
+                                    sending_at=None)
                 uow.commit()
         log.warning("message.retrying", message_id=str(message.id), channel=message.channel,
                     http_status=error.http_status, retry_in=round(delay, 1),

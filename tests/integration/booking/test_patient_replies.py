@@ -85,3 +85,10 @@ def test_without_a_named_appointment_one_patients_yes_confirms_their_next(bookin
     reply(booking, "confirm", patient_id=booking.patient_id)
     assert state(booking, sooner) == ("booked", True)
     assert state(booking, later) == ("booked", False)
+
+
+def test_a_reply_naming_an_appointment_cancelled_meanwhile_answers_the_next_one(booking):
+    wednesday, thursday = book(booking, WEDNESDAY), book(booking, THURSDAY)
+    assert booking.post(f"/appointments/{wednesday}/cancel", {"reason": "x"}).status_code == 200
+    reply(booking, "confirm", appointment_id=wednesday, patient_id=booking.patient_id)
+    assert state(booking, thursday) == ("booked", True)

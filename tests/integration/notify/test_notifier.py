@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services.notify.db import metadata
+from services.notify.senders import TransientSendError
 from services.notify.senders.console import ConsoleEmail
 from shared.events import Event
 from tests.integration.notify.conftest import (
@@ -263,6 +264,31 @@ def test_a_send_in_doubt_is_not_made_after_a_cancellation_a_new_time_or_stop(not
     assert not any("reply YES" in body and "30 Nov" in body for body in sent), sent
     if change == "stop":
         assert sent == []
+
+
+def test_a_send_begun_then_moved_and_refused_with_429_does_not_go_with_the_old_time(notifier):
+    """Begun, then the appointment moves, then Twilio answers 429 (never processed): the
+    confirmation naming the old time is withdrawn, not retried; the patient hears of the new
+    time only."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    scheduler = notifier.scheduler()
+    [message] = notifier.claim(scheduler, "sms")
+    assert scheduler._begin(message)[0]
+    notifier.handle(appointment_event(
+        "rescheduled", appointment_id, STARTS + timedelta(days=1), notifier.clock.now(),
+        previous_starts_at=STARTS.isoformat(), contact=contact(email_ok=False)))
+    notifier.twilio.fail_next(1, status=429, retry_after=1)
+    try:
+        scheduler._send(message)
+    except TransientSendError as error:
+        scheduler._retry_later(message, error)
+    notifier.clock.advance(timedelta(minutes=5))
+    notifier.dispatch()
+    notifier.dispatch()
+    [old] = [r for r in notifier.rows(kind="confirmation")]
+    assert (old.status, old.error) == ("cancelled", "replaced by the new time")
+    assert all("30 Nov" not in m["body"] or "moved" in m["body"].lower()
+               for m in notifier.sms_to()), [m["body"] for m in notifier.sms_to()]
 
 
 def test_a_send_in_doubt_that_went_is_recorded_sent_even_if_withdrawn(notifier):

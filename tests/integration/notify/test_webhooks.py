@@ -72,6 +72,34 @@ def test_a_reply_names_the_appointment_of_the_last_text_sent_to_that_number(noti
     assert (event.data["appointment_id"], event.data["patient_id"]) == (mother, "p-mother")
 
 
+def test_a_reply_answers_the_last_text_inviting_one_about_a_coming_appointment(notifier,
+                                                                             client):
+    """Tomorrow's confirmation invites a reply; next week's came later but that appointment
+    has been cancelled since; a form link for the week after came last but invites nothing:
+    the NO names tomorrow's appointment."""
+    from tests.integration.notify.test_notifier import form_event
+    tomorrow, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
+    notifier.dispatch()                              # tomorrow's confirmation
+    notifier.clock.advance(timedelta(minutes=1))
+    next_week, _ = book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=7),
+                        contact=contact(email_ok=False))
+    notifier.dispatch()                              # next week's confirmation, the last one
+    notifier.handle(appointment_event("cancelled", next_week, STARTS + timedelta(days=7),
+                                      notifier.clock.now(), patient_id="p-1",
+                                      contact=contact(email_ok=False)))
+    notifier.clock.advance(timedelta(minutes=1))
+    later, _ = book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=14),
+                    contact=contact(sms=False))     # its confirmation by email only
+    notifier.handle(form_event(notifier, "sent", later, "f-1", url="https://f/x",
+                               appointment_starts_at=(STARTS + timedelta(days=14)).isoformat()))
+    notifier.dispatch()                              # the cancellation notice and the form link
+    assert any("https://f/x" in m["body"] for m in notifier.sms_to())
+    notifier.clock.advance(timedelta(minutes=1))
+    reply(notifier, client, "NO")
+    [event] = notifier.published("notify.reply.received")
+    assert event.data["appointment_id"] == tomorrow
+
+
 def test_a_reply_names_no_appointment_when_none_was_texted_about(notifier, client):
     """Booked, but nothing sent yet (or only emails): no appointment is named, and booking
     falls back to the patient's next one."""
