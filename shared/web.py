@@ -18,6 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from kombu import Connection
 from marshmallow import ValidationError
+from twilio.request_validator import RequestValidator
 from werkzeug.exceptions import HTTPException
 
 from shared.config import Config
@@ -168,6 +169,18 @@ def current_staff() -> Staff | None:
         return current_app.extensions["clinic_auth"](token.strip())
     session_staff = current_app.extensions.get("clinic_session_staff")
     return session_staff() if session_staff else None
+
+
+def signed_by_twilio(public_base_url: str, auth_token: str | None) -> bool:
+    """This request carries Twilio's signature: of the public URL it called (the service's
+    PUBLIC_BASE_URL_* + path and query; behind a proxy our own request.url would differ, so it
+    is rebuilt) with the form fields. False without an auth token to check it with."""
+    if not auth_token:
+        return False
+    query = request.query_string.decode()
+    url = public_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
+    return RequestValidator(auth_token).validate(
+        url, request.form, request.headers.get("X-Twilio-Signature", ""))
 
 
 def require_role(*roles: str) -> None:

@@ -13,7 +13,6 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint as ApiBlueprint
 from marshmallow import RAISE
-from twilio.request_validator import RequestValidator
 
 from services.booking import service
 from services.booking.schemas import (
@@ -33,7 +32,7 @@ from services.booking.schemas import (
     TreatmentOut,
 )
 from shared.errors import Invalid, NotFound
-from shared.web import ErrorResponse, json_error, protect, require_role
+from shared.web import ErrorResponse, json_error, protect, require_role, signed_by_twilio
 
 api = ApiBlueprint("booking", __name__, url_prefix="/api/v1",
                    description="Patients, clinicians, treatments, availability, appointments")
@@ -257,7 +256,9 @@ def phone_webhook():
         body = json.loads(request.get_data())
     except ValueError:
         return json_error(400, "bad_request", "The body is not JSON")
-    call = PhoneCallIn().load(body if isinstance(body, dict) else {"_": body})
+    if not isinstance(body, dict):
+        return json_error(422, "invalid", "The body must be a JSON object")
+    call = PhoneCallIn().load(body)
     call["from"] = call.pop("from_")
     new = service.record_phone_call(ctx.uow(), call)
     return jsonify({"status": "recorded" if new else "duplicate"}), 200
@@ -267,13 +268,7 @@ def phone_webhook():
 def twilio_voice_webhook():
     """Twilio Voice status callbacks: an inbound call nobody answered is a missed call."""
     ctx = _context()
-    token = ctx.config.twilio_auth_token
-    # Twilio signs the URL it called, query included (as notify's webhooks check it).
-    query = request.query_string.decode()
-    url = (ctx.config.public_base_url_booking.rstrip("/") + request.path
-           + (f"?{query}" if query else ""))
-    signature = request.headers.get("X-Twilio-Signature", "")
-    if not token or not RequestValidator(token).validate(url, request.form, signature):
+    if not signed_by_twilio(ctx.config.public_base_url_booking, ctx.config.twilio_auth_token):
         return json_error(403, "forbidden", "invalid Twilio signature")
     status = request.form.get("CallStatus", "")
     if status in ("no-answer", "busy", "failed") and request.form.get("CallSid"):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint as ApiBlueprint
-from twilio.request_validator import RequestValidator
 
 from services.notify import service
 from services.notify.schemas import MessageOut, MessagesQuery
-from shared.web import json_error, protect
+from shared.web import json_error, protect, signed_by_twilio
 
 api = ApiBlueprint("notify", __name__, url_prefix="/api/v1", description="Patient messages")
 protect(api)
@@ -36,15 +35,8 @@ EMPTY_TWIML = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>"
 
 
 def _signed_by_twilio() -> bool:
-    """Twilio signs the public URL it called (PUBLIC_BASE_URL_NOTIFY + path and query) with
-    the form fields; behind a proxy our own request.url would differ, so it is rebuilt."""
     config = _context().config
-    if not config.twilio_auth_token:
-        return False
-    query = request.query_string.decode()
-    url = config.public_base_url_notify.rstrip("/") + request.path + (f"?{query}" if query else "")
-    return RequestValidator(config.twilio_auth_token).validate(
-        url, request.form, request.headers.get("X-Twilio-Signature", ""))
+    return signed_by_twilio(config.public_base_url_notify, config.twilio_auth_token)
 
 
 # The longest value each form field may have: what its column holds. Twilio's own are far

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from services.notify.model.delivery import (
     ABOUT_A_COMING_APPOINTMENT,
+    ASKING_FOR_A_REPLY,
     CALLED_OFF,
     FINISHED_APPOINTMENT,
     SMS_FALLBACK,
@@ -68,9 +69,6 @@ messages = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
-# The texts that invite a YES or NO ("Reply YES to confirm", "Can't come? Reply NO").
-ASKING_FOR_A_REPLY = ("confirmation", "reminder")
-
 # Claiming reads only pending rows by due time: the partial index keeps that cost flat however
 # many sent rows pile up. A second one finds messages stuck in `sending` after a crash.
 sa.Index("messages_pending_due", messages.c.due_at,
@@ -253,7 +251,8 @@ class MessageRepository:
 
     def hold_for_opt_out(self, phone: str) -> int:
         """STOP: SMS to this number claimed but not begun go back to pending, where the next
-        round cancels them as opted out (their claimer's `begin_send` finds them gone)."""
+        round cancels them as opted out (their claimer's `begin_send` finds them gone); those
+        begun and in doubt are withdrawn (`_withdraw`)."""
         self._withdraw("opted out of SMS", messages.c.to_address == phone,
                        messages.c.channel == "sms")
         return self._c.execute(messages.update().where(
@@ -264,12 +263,11 @@ class MessageRepository:
 
     def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
         """(appointment id, patient id) of the last SMS that went to this number inviting a
-        YES or NO (a confirmation or reminder) about an appointment still coming: what a
-        patient's YES or NO answers. A form link asks for no reply, and a cancelled
-        appointment's texts answer nothing any more. A number several patients
-        share (a parent and child) is told apart by what was sent to it last, not by whose
-        contact changed last. Found through the patients who have this number (indexed), not
-        by scanning every message's address."""
+        YES or NO (`model.delivery.ASKING_FOR_A_REPLY`) about an appointment not cancelled or
+        over: what a patient's YES or NO answers. A number several patients share (a parent
+        and child) is told apart by what was sent to it last, not by whose contact changed
+        last. Found through the patients who have this number (indexed), not by scanning
+        every message's address."""
         sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
         finished = sa.select(appointment_states.c.appointment_id).where(
             appointment_states.c.status.in_(sorted(FINISHED_APPOINTMENT)))
@@ -279,7 +277,7 @@ class MessageRepository:
                 messages.c.to_address == phone, messages.c.channel == "sms",
                 messages.c.appointment_id.is_not(None),
                 messages.c.appointment_id.not_in(finished.scalar_subquery()),
-                messages.c.kind.in_(ASKING_FOR_A_REPLY),
+                messages.c.kind.in_(sorted(ASKING_FOR_A_REPLY)),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()
 

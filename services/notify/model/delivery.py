@@ -104,6 +104,9 @@ def missed_call_text_allowed(now: datetime, last_sent_to_patient: datetime | Non
 ABOUT_A_COMING_APPOINTMENT = frozenset(
     {"confirmation", "reminder", "rescheduled", "form_link", "form_nudge"})
 FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
+# The texts that invite a YES or NO ("Reply YES to confirm", "Can't come? Reply NO"): what a
+# patient's reply answers. A form link or a notice of a change asks nothing.
+ASKING_FOR_A_REPLY = frozenset({"confirmation", "reminder"})
 # An email standing in for an SMS that failed: about a coming appointment or a check-in, so
 # dropped only when the appointment did not take place (a check-in follows an attended one).
 SMS_FALLBACK = "sms_fallback"

@@ -1,4 +1,5 @@
 """Message texts: what they say, that they stay GSM-7, and how many SMS parts they cost."""
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,6 +16,7 @@ from services.notify.model import (
     plan_missed_call,
     plan_rescheduled,
 )
+from services.notify.model.delivery import ASKING_FOR_A_REPLY
 from services.notify.texts import (
     EMAIL_KINDS,
     SMS_KINDS,
@@ -276,3 +278,12 @@ def test_every_message_the_policies_plan_renders_on_its_channel():
             assert sms_segments(USUAL_CLINIC.sms(message.kind, message.context)) <= 2
         else:
             assert all(USUAL_CLINIC.email(message.kind, message.context))
+
+
+def test_the_texts_a_reply_can_answer_are_exactly_those_that_invite_yes_or_no():
+    """A patient's YES or NO is matched to the last text that asked for one (notify's
+    `last_about_an_appointment`): the set must follow the templates' wording."""
+    templates = Path(__file__).resolve().parents[3] / "services/notify/templates/sms"
+    inviting = {path.stem for path in templates.glob("*.txt")
+                if re.search(r"Reply (YES|NO)\b", path.read_text())}
+    assert inviting == ASKING_FOR_A_REPLY
