@@ -174,6 +174,9 @@ def environment(urls: dict[str, str], amqp_url: str, workdir: Path, twilio: Fake
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_FROM_NUMBER": CLINIC_NUMBER,
         "TWILIO_API_BASE_URL": twilio.base_url,
         "SMS_MAX_PER_SECOND": "100000",
+        # Quiet hours off: these figures measure sending, and a bench run after 21:00 clinic
+        # time would otherwise see every due reminder held until the morning (a timeout).
+        "QUIET_HOURS": "",
         "EMAIL_BACKEND": "console", "EMAIL_FROM": "appointments@clinic.example",
         **overrides,
     }

@@ -300,16 +300,24 @@ def _outbox_insert(table: sa.Table, dialect: str) -> sa.Insert:
                                       sa.select(*values).select_from(wake))
 
 
-def outbox_insert_for_each(table: sa.Table, source: sa.CTE) -> sa.Insert:
+def outbox_insert_for_each(table: sa.Table, source: sa.CTE, announce: bool = True
+                           ) -> sa.Insert:
     """PostgreSQL: an outbox row, with its wake-up, for each row `source` (a CTE, typically an
     INSERT ... RETURNING) yields; none when it yields none. For a change and its event in
     one statement. The event's values are parameters `event_<column>` and `event_channel`
-    (`outbox_parameters`), apart from the change's own."""
+    (`outbox_parameters`), apart from the change's own.
+
+    `announce=False`: no wake-up (and no `event_channel`), the relay finds the row at its next
+    poll (within a second) or with the next announced event. For a statement run at a high
+    rate whose event can wait that long: every transaction that notifies takes one lock,
+    for the whole database, at its commit and holds it through the commit's disk flush, so
+    a wake-up per send made the notifier's sends take turns."""
     values = [sa.bindparam(f"event_{name}", type_=table.c[name].type) for name in _OUTBOX_COLUMNS]
-    wake = sa.func.pg_notify(sa.bindparam("event_channel", type_=sa.String),
-                             sa.literal_column("''"))
-    return table.insert().from_select(list(_OUTBOX_COLUMNS),
-                                      sa.select(*values).select_from(source).select_from(wake))
+    select = sa.select(*values).select_from(source)
+    if announce:
+        select = select.select_from(sa.func.pg_notify(
+            sa.bindparam("event_channel", type_=sa.String), sa.literal_column("''")))
+    return table.insert().from_select(list(_OUTBOX_COLUMNS), select)
 
 
 def outbox_parameters(event: Event, clock: Clock, notify_channel: str) -> dict:

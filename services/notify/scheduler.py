@@ -43,7 +43,7 @@ from services.notify.db import (
     webhook_receipts,
 )
 from services.notify.model import backoff_delay
-from services.notify.model.delivery import SendLanes, send_slot_interval
+from services.notify.model.delivery import send_slot_interval
 from services.notify.model.schedule import when_to_send
 from services.notify.outcomes import (
     apply_early_reports,
@@ -135,10 +135,6 @@ class Scheduler:
                                 + "/webhooks/twilio/status")
         self._last_prune: float | None = None  # never: a new worker prunes at once
         self._senders: ThreadPoolExecutor | None = None     # made by run()
-        # Per channel: a console or nearby SMTP server answering in a millisecond says
-        # nothing of how long Twilio takes.
-        self.lanes = {channel: SendLanes(self.context.config.notify_send_concurrency)
-                      for channel in ("sms", "email")}
         self._sweep_lock = threading.Lock()
         self._swept_at = time.monotonic()
 
@@ -181,7 +177,7 @@ class Scheduler:
             handled += 1
         for channel, limit in (("email", EMAIL_BATCH), ("sms", self.sms_batch)):
             claimed = self._claim(claim_due, limit=limit, channel=channel)
-            self._deliver_all(claimed, stop, self.lanes[channel])
+            self._deliver_all(claimed, stop)
             handled += len(claimed)
         self._apply_early_reports()
         self._prune_now_and_then()
@@ -214,12 +210,11 @@ class Scheduler:
                 log.warning("early_reports.unapplied", message_id=str(message_id),
                             error=type(error).__name__)
 
-    def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event,
-                     sizing: SendLanes) -> None:
-        """Several sends in flight at once (`SendLanes`): a provider answering in 200 ms would
-        otherwise hold a worker to five texts a second. Each lane takes the next message
-        when it is free, and each message keeps its own claim, slot and record, so running
-        them side by side changes nothing of the send-once protocol."""
+    def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
+        """Up to NOTIFY_SEND_CONCURRENCY sends in flight at once: a provider answering in
+        200 ms would otherwise hold a worker to five texts a second. Each lane takes the next
+        message when it is free, and each message keeps its own claim, slot and record, so
+        running them side by side changes nothing of the send-once protocol."""
         def one(message: ClaimedMessage) -> None:
             try:
                 if stop.is_set():
@@ -231,7 +226,7 @@ class Scheduler:
                             error=type(error).__name__)
             self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
 
-        lanes = min(sizing.count(), len(claimed))
+        lanes = min(self.context.config.notify_send_concurrency, len(claimed))
         if self._senders is None or lanes < 2:
             for message in claimed:
                 one(message)
@@ -276,7 +271,6 @@ class Scheduler:
     # --- one message -----------------------------------------------------------------------
 
     def deliver(self, message: ClaimedMessage) -> None:
-        started = time.perf_counter()
         if message.attempts >= MAX_ATTEMPTS:
             self._failed(message, None, f"gave up after {message.attempts} attempts")
             return
@@ -287,11 +281,9 @@ class Scheduler:
             return
         if not self._still_timely(message):
             return
-        begun, waited = self._begin(message)
-        if not begun:                       # cancelled, opted out or taken over meanwhile,
+        if not self._begin(message):     # cancelled, opted out or taken over meanwhile,
             self._cancel_if_withdrawn(message)   # or withdrawn while an earlier try was begun
             return
-        sending = time.perf_counter()
         try:
             result = self._send(message, rendered)
         except ClaimLost:
@@ -301,11 +293,7 @@ class Scheduler:
         except TransientSendError as error:
             self._retry_later(message, error)
         else:
-            answered = time.perf_counter()
             self._sent(message, result.provider_id, result.status)
-            provider = answered - sending
-            self.lanes[message.channel].observe(
-                provider, time.perf_counter() - started - provider - waited)
 
     def _still_timely(self, message: ClaimedMessage) -> bool:
         """A scheduled message sent late must still keep quiet hours and still be of use
@@ -330,29 +318,25 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _begin(self, message: ClaimedMessage) -> tuple[bool, float]:
+    def _begin(self, message: ClaimedMessage) -> bool:
         """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
         during the wait still finds the message not begun and stops it. When the slot is now
-        (no wait), slot and beginning are one statement. Whether it began, and the seconds
-        spent waiting for the slot."""
-        waited = 0.0
+        (no wait), slot and beginning are one statement. Whether it began."""
         if message.channel == "sms":
             now = self.context.clock.now()
             with one_statement(self.context.engine) as connection:
                 slot, begun = start_sms_send(connection, message.id, self.token, now,
                                              self.lease, self.interval)
             if begun is not None:
-                return begun, waited
+                return begun
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
-                asleep = time.perf_counter()
                 time.sleep(wait)
-                waited = time.perf_counter() - asleep
         with self.context.uow() as uow:
             if not uow.messages.begin_send(message.id, self.token, self.lease):
-                return False, waited
+                return False
             uow.commit()
-        return True, waited
+        return True
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)

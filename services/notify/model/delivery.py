@@ -5,10 +5,7 @@ Twilio's status callbacks arrive late, twice, or out of order; its API errors ar
 """
 from __future__ import annotations
 
-import math
 import random
-import threading
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -118,45 +115,3 @@ def send_slot_interval(per_second: float) -> timedelta:
     if per_second <= 0:
         raise ValueError("SMS_MAX_PER_SECOND must be positive")
     return timedelta(seconds=1 / per_second)
-
-
-class SendLanes:
-    """How many sends a worker keeps in flight: enough that its own work (rendering, the
-    database round trips around each send) goes on while the provider answers, and no more.
-
-    By Little's law a lane spends `provider + own` per message and the worker's own work is
-    busy all the time with `1 + provider / own` lanes. Twilio answers in a few hundred ms
-    against about a millisecond of our work, so a worker keeps all `most` lanes; a provider
-    that answers in well under a millisecond (a local one) needs only two. More lanes than
-    that only take turns for the worker's interpreter: measured against a local provider, 8
-    sent 300-500 SMS a second where 2 sent 450-600.
-
-    Each figure is the least of the last `window` sends: contention (another lane holding
-    the interpreter, the database busy) only ever adds to a time, so the least is the
-    uncontended cost and the estimate does not feed on its own crowding. Until the first
-    sends are measured, all `most` lanes: a burst at start-up goes out at full speed.
-    """
-
-    def __init__(self, most: int, window: int = 64):
-        if most < 1:
-            raise ValueError("at least one lane")
-        self.most = most
-        self._lock = threading.Lock()       # lanes observe while the loop may count
-        self._provider: deque[float] = deque(maxlen=window)
-        self._own: deque[float] = deque(maxlen=window)
-
-    def observe(self, provider_seconds: float, own_seconds: float) -> None:
-        """One send's time waiting for the provider, and the rest of its time (not counting
-        a wait for the SMS cap's slot, which is no work)."""
-        with self._lock:
-            self._provider.append(max(0.0, provider_seconds))
-            self._own.append(max(0.0, own_seconds))
-
-    def count(self) -> int:
-        with self._lock:
-            if not self._provider:
-                return self.most
-            provider, own = min(self._provider), min(self._own)
-        if provider >= (self.most - 1) * own:       # also when our own work measured nothing
-            return self.most
-        return 1 + math.ceil(provider / own)

@@ -429,3 +429,61 @@ def test_an_event_published_before_its_consumer_ever_started_waits_in_its_queue(
     _, _, body = channel.basic_get(queue_name("notify"), auto_ack=True)
     assert decode(body).id == event.id
     connection.close()
+
+
+class CountsBatches(Publisher):
+    def __init__(self, url):
+        super().__init__(url)
+        self.batches = []
+
+    def send(self, messages):
+        self.batches.append(len(messages))
+        return super().send(messages)
+
+
+def _run_relay(relay):
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_wait": 0.2})
+    thread.start()
+    return stop, thread
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_steady_trickle_of_events_goes_out_in_a_few_batches(store, amqp_url):
+    """100 events committed one by one, each waking the relay: lingering 50 ms after a batch,
+    it sends them in a handful of batches, not one batch (four round trips) per event."""
+    engine, tables, _ = store
+    publisher = CountsBatches(amqp_url)
+    relay = OutboxRelay(engine, tables.outbox, publisher, CLOCK, "test", linger=0.05)
+    stop, thread = _run_relay(relay)
+    try:
+        for _ in range(20):
+            _write_events(engine, tables, 5)
+            time.sleep(0.01)
+        _wait_for(lambda: sum(publisher.batches) >= 100)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sum(publisher.batches) == 100
+    assert len(publisher.batches) <= 20, publisher.batches
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_event_after_a_quiet_spell_goes_at_once_and_one_right_behind_it_lingers(
+        store, amqp_url):
+    """Lingering only follows a batch: the first event goes at once even with a 30 s linger;
+    the next, right behind it, waits for the linger (or for the relay to stop)."""
+    engine, tables, _ = store
+    publisher = CountsBatches(amqp_url)
+    relay = OutboxRelay(engine, tables.outbox, publisher, CLOCK, "test", linger=30.0)
+    stop, thread = _run_relay(relay)
+    try:
+        _write_events(engine, tables, 1)
+        _wait_for(lambda: publisher.batches == [1], timeout=10)
+        _write_events(engine, tables, 1)
+        time.sleep(1.0)
+        assert publisher.batches == [1]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()        # the stop ends the linger; nothing waits 30 s
