@@ -34,11 +34,16 @@ def schedule_email_fallback(uow, message_id: uuid.UUID, texts) -> bool:
     contact = uow.contacts.get(row.patient_id) if row.patient_id else None
     if contact is None or not contact.email_ok or not contact.email:
         return False
-    body = texts.sms(row.kind, json.loads(row.context))
+    original = json.loads(row.context)
+    # What it stands for and the appointment's start: the email keeps the SMS's quiet-hours
+    # and too-late rules (`model.schedule.when_to_send`).
+    context = {"sms_text": texts.sms(row.kind, original), "of": row.kind}
+    if "starts_at" in original:
+        context["starts_at"] = original["starts_at"]
     return uow.messages.schedule(PlannedMessage(
         kind=SMS_FALLBACK, channel="email", to=contact.email, due_at=uow.clock.now(),
         appointment_id=row.appointment_id, patient_id=row.patient_id,
-        context={"sms_text": body}, dedupe_key=f"{row.id}:sms_fallback"), fallback_of=row.id)
+        context=context, dedupe_key=f"{row.id}:sms_fallback"), fallback_of=row.id)
 
 
 def apply_delivery_report(uow, texts, row, reported: str, error_code: str | None) -> str:

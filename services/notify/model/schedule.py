@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from services.notify.model.delivery import SMS_FALLBACK
+
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 _OFFSET = re.compile(r"(\d+)([mhd])")
 _CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
@@ -184,6 +186,7 @@ def reminder_times(
 # Kinds that wait for their time and so keep quiet hours; the rest answer something the patient
 # or the clinic has just done (a booking, a change, a call) and go at once.
 SCHEDULED_KINDS = frozenset({"reminder", "form_nudge", "checkin"})
+_NEVER = datetime.max.replace(tzinfo=UTC)
 CHECKIN_LATEST = timedelta(days=7)
 
 
@@ -197,6 +200,11 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
     night before it, is dropped: too late to be of use.
     """
     now = as_utc(now)
+    if kind == SMS_FALLBACK:
+        # The email of an SMS that did not arrive keeps the rules of what it stands for: a
+        # report of "undelivered" can come hours after the send, and a check-in or reminder
+        # must not then go out in the night (a confirmation's still goes at once).
+        kind = context.get("of", kind)
     if kind not in SCHEDULED_KINDS:
         return now
     if kind == "checkin":
@@ -204,6 +212,8 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
         if now >= latest:
             return None
         return place_outside_quiet_hours(now, quiet, tz, not_after=latest)
+    if "starts_at" not in context:       # a fallback written before it carried the start
+        return place_outside_quiet_hours(now, quiet, tz, not_after=_NEVER)
     starts_at = as_utc(context["starts_at"])
     if now >= starts_at:
         return None

@@ -3,7 +3,7 @@ on PostgreSQL. Replies reach booking as events; delivery reports move messages o
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from twilio.request_validator import RequestValidator
@@ -229,9 +229,7 @@ def test_a_repeated_report_counts_once(notifier, client):
     assert len(notifier.published("notify.message.delivered")) == 1
 
 
-def test_an_undelivered_sms_fails_and_goes_by_email_when_it_had_no_email_twin(notifier, client):
-    notifier.handle(appointment_event("booked", new_id(), STARTS, notifier.clock.now(),
-                                      contact=contact(email_ok=True)))
+def _sent_checkin(notifier):
     followup_id = new_id()
     from shared.events import Event
     notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
@@ -240,10 +238,17 @@ def test_an_undelivered_sms_fails_and_goes_by_email_when_it_had_no_email_twin(no
                               "patient_id": "p-1", "kind": "checkin",
                               "due_at": notifier.clock.now().isoformat(),
                               "treatment": {"code": "TPI", "name": "Trigger point injection"},
-                              "contact": contact()}))
+                              "contact": contact(email_ok=True)}))
     notifier.dispatch()
     [checkin] = notifier.rows(kind="checkin")
     assert checkin.status == "sent"
+    return checkin
+
+
+def test_an_undelivered_sms_fails_and_goes_by_email_when_it_had_no_email_twin(notifier, client):
+    notifier.handle(appointment_event("booked", new_id(), STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=True)))
+    checkin = _sent_checkin(notifier)
     report(notifier, client, checkin.provider_id, "undelivered", error_code=30003)
     [after] = notifier.rows(id=checkin.id)
     assert after.status == "failed" and after.error_code == "30003"
@@ -254,6 +259,25 @@ def test_an_undelivered_sms_fails_and_goes_by_email_when_it_had_no_email_twin(no
                for m in notifier.smtp.messages_to(EMAIL))
     assert [e.data["error_code"] for e in notifier.published("notify.message.failed")] == [
         "30003"]
+
+
+def test_the_email_of_a_check_in_reported_undelivered_at_night_waits_for_the_morning(
+        notifier, client):
+    """Twilio can report "undelivered" hours after the send: the check-in's email then keeps
+    the check-in's quiet hours (21:00-08:00) instead of arriving at 23:30."""
+    checkin = _sent_checkin(notifier)
+    notifier.clock.set("2026-11-26T23:30:00+00:00")
+    report(notifier, client, checkin.provider_id, "undelivered", error_code=30003)
+    notifier.dispatch()
+    [fallback] = notifier.rows(kind="sms_fallback")
+    assert fallback.status == "pending"
+    assert fallback.due_at == datetime.fromisoformat("2026-11-27T08:00:00+00:00")
+    assert notifier.smtp.messages_to(EMAIL) == []
+    notifier.clock.set("2026-11-27T08:00:00+00:00")
+    notifier.dispatch()
+    [fallback] = notifier.rows(kind="sms_fallback")
+    assert fallback.status == "sent"
+    assert len(notifier.smtp.messages_to(EMAIL)) == 1
 
 
 def test_a_report_for_a_message_we_do_not_know_is_accepted_and_ignored(notifier, client):

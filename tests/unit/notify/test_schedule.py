@@ -261,3 +261,30 @@ def test_a_late_check_in_keeps_quiet_hours_and_is_dropped_after_a_week():
     assert when_to_send("checkin", {}, due, night, quiet, london) == datetime.fromisoformat(
         "2026-12-15T08:00:00+00:00")
     assert when_to_send("checkin", {}, due, due + timedelta(days=7), quiet, london) is None
+
+
+@pytest.mark.parametrize("of, context, expected", [
+    # A check-in's email, found due at 02:00 (its SMS reported undelivered in the night):
+    # the morning, as the check-in itself would be.
+    ("checkin", {}, "2026-12-15T08:00:00+00:00"),
+    # A reminder's email for a 10:00 appointment: 08:00, still before the appointment.
+    ("reminder", {"starts_at": "2026-12-15T10:00:00+00:00"}, "2026-12-15T08:00:00+00:00"),
+    # ... for an 08:00 appointment: it could only go the evening before, which is past.
+    ("reminder", {"starts_at": "2026-12-15T08:00:00+00:00"}, None),
+    # A confirmation's email answers what the patient just did: at once, as its SMS.
+    ("confirmation", {}, "2026-12-15T02:00:00+00:00"),
+])
+def test_the_email_of_an_undelivered_sms_keeps_that_messages_quiet_hours(of, context, expected):
+    from services.notify.model.schedule import when_to_send
+    night = datetime.fromisoformat("2026-12-15T02:00:00+00:00")
+    at = when_to_send("sms_fallback", {"sms_text": "...", "of": of, **context}, night, night,
+                      parse_quiet_hours("21:00-08:00"), LONDON)
+    assert at == (datetime.fromisoformat(expected) if expected else None)
+
+
+def test_a_fallback_email_stored_before_it_named_its_sms_goes_at_once():
+    """Rows written by an earlier version carry only the text: sent as they always were."""
+    from services.notify.model.schedule import when_to_send
+    night = datetime.fromisoformat("2026-12-15T02:00:00+00:00")
+    assert when_to_send("sms_fallback", {"sms_text": "..."}, night, night,
+                        parse_quiet_hours("21:00-08:00"), LONDON) == night
