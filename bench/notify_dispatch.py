@@ -25,6 +25,7 @@ from bench.notify_stats import steady_rate
 from bench.report import Goal, Row
 from bench.settings import Settings
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 UNCAPPED = 600
 ROUNDS = 3          # the uncapped scheduler and the raw baseline take turns, 200 SMS each
 CAP = 100
@@ -55,7 +56,7 @@ def raw_rate(twilio: stack.TimedTwilio, forms: list[dict], workdir: Path) -> lis
     bodies.write_text(json.dumps(forms))
     subprocess.run([sys.executable, "-m", "bench.notify_dispatch", "--raw",
                     twilio.base_url + twilio.messages_path, str(bodies)],
-                   check=True, timeout=120)
+                   check=True, timeout=120, cwd=REPOSITORY)
     return [at for _, at in twilio.arrivals]
 
 

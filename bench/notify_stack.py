@@ -26,10 +26,15 @@ from tests.fakes.twilio_api import FakeTwilio, _Handler
 
 CLINIC_NUMBER = "+441632960001"
 ACCOUNT_SID, AUTH_TOKEN = "AC" + "be7c" * 8, "bench-twilio-auth-token"
-# What a stored reminder carries (services/notify/model/policy.py), as the handlers store it.
-REMINDER_CONTEXT = json.dumps({"treatment_name": "Ultrasound-guided trigger point injection",
-                               "clinician_name": "Dr Amira Shah",
-                               "starts_at": "2026-12-01T10:00:00+00:00"})
+
+
+def reminder_context() -> str:
+    """What a stored reminder carries (services/notify/model/policy.py), as the handlers store
+    it, for an appointment well after every bench reminder is due: a fixed date would, once
+    past, have every reminder dropped as too late to be of use."""
+    starts_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=60)
+    return json.dumps({"treatment_name": "Ultrasound-guided trigger point injection",
+                       "clinician_name": "Dr Amira Shah", "starts_at": starts_at.isoformat()})
 
 
 def libpq(url: str) -> str:
@@ -79,7 +84,7 @@ def load_scheduled(url: str, count: int, first_due: datetime, tag: str) -> float
                    md5(%(tag)s || 'a' || n)::uuid::text, md5(%(tag)s || 'p' || n)::uuid::text,
                    %(context)s, %(first)s + n * interval '2 seconds', 'pending', 0, now(), now()
             FROM generate_series(1, %(count)s) AS n
-        """, {"tag": f"bench-{tag}:", "context": REMINDER_CONTEXT, "first": first_due,
+        """, {"tag": f"bench-{tag}:", "context": reminder_context(), "first": first_due,
               "count": count})
         for name, definition in keys:
             connection.execute(f'ALTER TABLE messages ADD CONSTRAINT "{name}" {definition}')
@@ -93,6 +98,7 @@ def load_scheduled(url: str, count: int, first_due: datetime, tag: str) -> float
 
 def add_due_sms(url: str, dues: list[datetime], tag: str) -> None:
     """SMS reminders due at the given instants, committed with the handlers' wake-up."""
+    context = reminder_context()
     with psycopg.connect(libpq(url)) as connection:
         with connection.cursor() as cursor:
             cursor.executemany("""
@@ -102,7 +108,7 @@ def add_due_sms(url: str, dues: list[datetime], tag: str) -> None:
                 VALUES (gen_random_uuid(), %(key)s, 'reminder', 'sms', %(to)s, %(key)s,
                         %(key)s, %(context)s, %(due)s, 'pending', 0, now(), now())
             """, [{"key": f"bench-{tag}-{n}", "to": f"+44750{n % 10_000_000:07d}",
-                   "context": REMINDER_CONTEXT, "due": due} for n, due in enumerate(dues)])
+                   "context": context, "due": due} for n, due in enumerate(dues)])
         connection.execute("SELECT pg_notify('clinic_notify_due', '')")
 
 

@@ -300,7 +300,7 @@ def _outbox_insert(table: sa.Table, dialect: str) -> sa.Insert:
                                       sa.select(*values).select_from(wake))
 
 
-def outbox_insert_for_each(table: sa.Table, source: sa.CTE, announce: bool = True
+def outbox_insert_for_each(table: sa.Table, source: sa.CTE, *, announce: bool = True
                            ) -> sa.Insert:
     """PostgreSQL: an outbox row, with its wake-up, for each row `source` (a CTE, typically an
     INSERT ... RETURNING) yields; none when it yields none. For a change and its event in
@@ -320,11 +320,15 @@ def outbox_insert_for_each(table: sa.Table, source: sa.CTE, announce: bool = Tru
     return table.insert().from_select(list(_OUTBOX_COLUMNS), select)
 
 
-def outbox_parameters(event: Event, clock: Clock, notify_channel: str) -> dict:
-    """The parameters `outbox_insert_for_each` takes for this event."""
-    return {"event_event_id": event.id, "event_type": event.type,
-            "event_subject": event.subject, "event_body": encode(event),
-            "event_created_at": clock.now(), "event_channel": notify_channel}
+def outbox_parameters(event: Event, clock: Clock, notify_channel: str | None) -> dict:
+    """The parameters `outbox_insert_for_each` takes for this event; no channel for a
+    statement built with `announce=False`."""
+    parameters = {"event_event_id": event.id, "event_type": event.type,
+                  "event_subject": event.subject, "event_body": encode(event),
+                  "event_created_at": clock.now()}
+    if notify_channel is not None:
+        parameters["event_channel"] = notify_channel
+    return parameters
 
 
 class ProcessedEvents:

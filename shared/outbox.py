@@ -3,8 +3,9 @@
 Any number of relays may run for a service; one leads. On PostgreSQL the leader holds a
 session advisory lock on its own connection, so when its process dies the connection drops,
 the lock goes with it and a standby takes over within a second. The same connection LISTENs
-for the `pg_notify` that every outbox-writing commit sends, so an event goes out as soon as it
-is committed rather than at the next poll.
+for the `pg_notify` that an outbox-writing commit sends, so an event goes out as soon as it
+is committed rather than at the next poll (every second; a row written without a wake-up,
+`outbox_insert_for_each(announce=False)`, goes then).
 """
 from __future__ import annotations
 

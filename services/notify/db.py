@@ -223,6 +223,22 @@ class MessageRepository:
             status=CANCELLED, claim_token=None, lease_until=None, error=reason,
             updated_at=self._clock.now())).rowcount
 
+    def cancel_fallbacks_of(self, appointment_id: str | None, kinds: tuple[str, ...],
+                            reason: str) -> int:
+        """Cancel the unsent fallback emails that stand for SMS of these kinds (a form link
+        and its nudge, once the form is in): found through `fallback_of`, as the fallback's
+        own kind says only that it is one."""
+        if not appointment_id:
+            return 0
+        original = messages.alias("original")
+        of_kinds = sa.select(original.c.id).where(original.c.appointment_id == appointment_id,
+                                                  original.c.kind.in_(kinds))
+        return self._c.execute(messages.update().where(
+            _not_yet_sent(), messages.c.appointment_id == appointment_id,
+            messages.c.kind == SMS_FALLBACK, messages.c.fallback_of.in_(of_kinds),
+        ).values(status=CANCELLED, claim_token=None, lease_until=None, error=reason,
+                 updated_at=self._clock.now())).rowcount
+
     def _withdraw(self, reason: str, *where) -> None:
         """Sends begun whose outcome is unknown (the provider answered unclearly, or the
         worker died): recovery asks the provider whether they went and, if not, cancels them
@@ -405,14 +421,18 @@ def cancel_unwanted(connection: Connection, now: datetime) -> int:
     cancelled = connection.execute(messages.update().where(due, _opted_out_sms()).values(
         status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
     superseded = _superseded_reminders(connection, now)
-    if superseded:
+    for start in range(0, len(superseded), _IDS_PER_STATEMENT):
         cancelled += connection.execute(messages.update().where(
-            due, messages.c.id.in_(superseded),
+            due, messages.c.id.in_(superseded[start:start + _IDS_PER_STATEMENT]),
         ).values(status=CANCELLED, error="superseded by a later reminder",
                  updated_at=now)).rowcount
     return cancelled + connection.execute(messages.update().where(
         due, _about_an_appointment_that_is_over(),
     ).values(status=CANCELLED, error="appointment no longer coming", updated_at=now)).rowcount
+
+
+# Ids bound per statement: PostgreSQL takes at most 65,535 parameters in one.
+_IDS_PER_STATEMENT = 1000
 
 
 def _superseded_reminders(connection: Connection, now: datetime) -> list:
@@ -571,11 +591,11 @@ def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
         if settled:
             Outbox(connection, shared_tables.outbox, clock, outbox_channel("notify")).add(event)
         return settled
-    announced = outbox_parameters(event, FixedClock(now), outbox_channel("notify"))
-    del announced["event_channel"]          # not announced: see _record_sent_statement
     (settled,) = _RECORD_SENT.one(connection, dict(
         message_id=message_id, token=token, now=now, provider_id=provider_id,
-        provider_status=provider_status, **announced))
+        provider_status=provider_status,
+        # No channel: not announced (see _record_sent_statement).
+        **outbox_parameters(event, FixedClock(now), None)))
     return settled == 1
 
 

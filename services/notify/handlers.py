@@ -87,7 +87,9 @@ def on_booked_many(events: list[Event], context) -> None:
 def on_rescheduled(event: Event, context) -> None:
     _schedule(context, event, "notify.rescheduled", lambda: policy.plan_rescheduled(
         event.data, context.clock.now(), context.offsets, context.quiet, context.tz),
-        cancel=("confirmation", "reminder", "rescheduled"), reason="replaced by the new time",
+        # A fallback email carries the text of its SMS, old time and all.
+        cancel=("confirmation", "reminder", "rescheduled", SMS_FALLBACK),
+        reason="replaced by the new time",
         then=lambda uow: _move_form_nudges(uow, event.data, context))
 
 
@@ -140,7 +142,10 @@ def on_form_sent(event: Event, context) -> None:
 
 def on_form_completed(event: Event, context) -> None:
     _schedule(context, event, "notify.form_completed", lambda: [], cancel=("form_nudge",),
-              reason="form completed")
+              reason="form completed",
+              then=lambda uow: uow.messages.cancel_fallbacks_of(
+                  event.data.get("appointment_id"), ("form_link", "form_nudge"),
+                  "form completed"))
 
 
 HANDLERS = {

@@ -212,7 +212,9 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
         if now >= latest:
             return None
         return place_outside_quiet_hours(now, quiet, tz, not_after=latest)
-    if "starts_at" not in context:       # a fallback written before it carried the start
+    if "starts_at" not in context:
+        # A reminder's or nudge's fallback whose SMS named no start (none should): kept out
+        # of the night rather than failing the round; nothing tells when it is too late.
         return place_outside_quiet_hours(now, quiet, tz, not_after=_NEVER)
     starts_at = as_utc(context["starts_at"])
     if now >= starts_at:

@@ -428,3 +428,61 @@ def test_a_kept_report_that_cannot_be_applied_now_holds_up_no_other_and_is_appli
     assert notifier.rows(id=locked.id)[0].status == "delivered"
     assert len(notifier.published("notify.message.delivered")) == 2
     assert len(notifier.sms_to(PHONE)) == 1 and len(notifier.sms_to("+447400123457")) == 1
+
+
+def _agrees_to_email(notifier):
+    """The patient's contact as a later event carries it (here a follow-up planned for
+    another appointment, a fortnight away): email agreed now."""
+    from shared.events import Event
+    followup_id = new_id()
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=followup_id, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": new_id(),
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": (notifier.clock.now() + timedelta(days=14)).isoformat(),
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact(email_ok=True)}))
+
+
+def _fallback_pending_for(notifier, client, kind, appointment_id):
+    """The patient had not agreed to email when this SMS was planned (so it has no email
+    twin) and agreed since: its undelivered report leaves a fallback email pending."""
+    [row] = [r for r in notifier.rows(kind=kind, channel="sms")
+             if r.appointment_id == appointment_id]
+    assert row.status == "sent"
+    _agrees_to_email(notifier)
+    report(notifier, client, row.provider_id, "undelivered", error_code=30003)
+    [fallback] = [r for r in notifier.rows(kind="sms_fallback") if r.fallback_of == row.id]
+    assert fallback.status == "pending"
+    return fallback
+
+
+def test_a_pending_fallback_email_naming_the_old_time_is_dropped_on_a_new_time(notifier,
+                                                                             client):
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    fallback = _fallback_pending_for(notifier, client, "confirmation", appointment_id)
+    notifier.handle(appointment_event(
+        "rescheduled", appointment_id, STARTS + timedelta(days=1), notifier.clock.now(),
+        previous_starts_at=STARTS.isoformat(), contact=contact(email_ok=True)))
+    notifier.dispatch()
+    [after] = notifier.rows(id=fallback.id)
+    assert (after.status, after.error) == ("cancelled", "replaced by the new time")
+
+
+def test_a_pending_fallback_email_of_a_form_link_is_dropped_once_the_form_is_in(notifier,
+                                                                              client):
+    """... while the fallback of the appointment's confirmation still goes."""
+    from tests.integration.notify.test_notifier import form_event
+    appointment_id, form_id = new_id(), new_id()
+    book(notifier, appointment_id, contact=contact(email_ok=False))
+    notifier.handle(form_event(notifier, "sent", appointment_id, form_id,
+                               url="https://forms.clinic.example/f/t",
+                               contact=contact(email_ok=False)))
+    notifier.dispatch()
+    of_form = _fallback_pending_for(notifier, client, "form_link", appointment_id)
+    of_confirmation = _fallback_pending_for(notifier, client, "confirmation", appointment_id)
+    notifier.handle(form_event(notifier, "completed", appointment_id, form_id,
+                               contact=contact(email_ok=True)))
+    assert notifier.rows(id=of_form.id)[0].status == "cancelled"
+    assert notifier.rows(id=of_confirmation.id)[0].status == "pending"
