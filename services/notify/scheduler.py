@@ -43,7 +43,7 @@ from services.notify.db import (
     webhook_receipts,
 )
 from services.notify.model import backoff_delay
-from services.notify.model.delivery import send_slot_interval
+from services.notify.model.delivery import send_slot_interval, sms_batch_size
 from services.notify.model.schedule import when_to_send
 from services.notify.outcomes import (
     apply_early_reports,
@@ -128,9 +128,8 @@ class Scheduler:
         self.lease = self.lease or timedelta(seconds=self.context.config.notify_lease_seconds)
         self.token = uuid.uuid4()
         self.interval = send_slot_interval(self.context.config.sms_max_per_second)
-        # Enough SMS per claim to keep busy, few enough to be sent well within the lease.
-        self.sms_batch = max(1, min(50, int(self.lease.total_seconds() / 3
-                                            / self.interval.total_seconds())))
+        self.sms_batch = sms_batch_size(self.interval, self.lease,
+                                        self.context.config.notify_send_concurrency)
         self.status_callback = (self.context.config.public_base_url_notify.rstrip("/")
                                 + "/webhooks/twilio/status")
         self._last_prune: float | None = None  # never: a new worker prunes at once

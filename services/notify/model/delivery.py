@@ -115,3 +115,23 @@ def send_slot_interval(per_second: float) -> timedelta:
     if per_second <= 0:
         raise ValueError("SMS_MAX_PER_SECOND must be positive")
     return timedelta(seconds=1 / per_second)
+
+
+# SMS claimed per round: about this long's sending at the cap (see sms_batch_size).
+SMS_ROUND_SECONDS = 2.0
+MOST_SMS_PER_ROUND = 200
+
+
+def sms_batch_size(interval: timedelta, lease: timedelta, lanes: int) -> int:
+    """SMS claimed per round: about SMS_ROUND_SECONDS of sending at the cap, at least one per
+    send lane, at most MOST_SMS_PER_ROUND, and never more than a third of the lease holds.
+
+    A round's fixed work (the set-wise cancellations, three claims, the early-report sweep)
+    is spread over its SMS, and every lane waits for the round's last send before the next
+    claim, so small rounds leave the lanes idle: against a fast provider, 200 a round sent
+    700-830 SMS a second where 50 sent 530-630. The bound in time keeps an email or a new
+    confirmation from waiting long behind a round (8 SMS under the default cap of 1 a
+    second, not the 20 that the lease alone allowed)."""
+    at_the_cap = int(SMS_ROUND_SECONDS / interval.total_seconds())
+    within_lease = int(lease.total_seconds() / 3 / interval.total_seconds())
+    return max(1, min(MOST_SMS_PER_ROUND, within_lease, max(lanes, at_the_cap)))

@@ -109,3 +109,16 @@ def test_missed_call_texts_are_an_hour_apart():
     assert missed_call_text_allowed(now, None)
     assert not missed_call_text_allowed(now, now - timedelta(minutes=59))
     assert missed_call_text_allowed(now, now - timedelta(hours=1))
+
+
+@pytest.mark.parametrize("cap, lease_seconds, expected", [
+    (1, 60, 8),             # the default cap: one SMS per lane, not 20 (the lease's third)
+    (20, 60, 40),           # two seconds' sending at the cap
+    (100, 60, 200),
+    (100_000, 60, 200),     # no meaningful cap: the most a round holds
+    (1, 12, 4),             # a short lease: what a third of it can send at the cap
+])
+def test_a_round_claims_about_two_seconds_of_sms_at_the_cap(cap, lease_seconds, expected):
+    from services.notify.model.delivery import send_slot_interval, sms_batch_size
+    assert sms_batch_size(send_slot_interval(cap), timedelta(seconds=lease_seconds),
+                          lanes=8) == expected
