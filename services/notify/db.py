@@ -608,7 +608,7 @@ def _record_sent_statement() -> sa.Select:
     queue for PostgreSQL's notification lock, held through each commit's flush (dispatch went
     from about 450 to 570 SMS a second without it). `notify.message.sent` is for the record,
     not for a patient waiting: it goes with the relay's next batch, within its one-second
-    poll. Failures and fallbacks, which reception acts on, still wake the relay."""
+    poll. A failure, which reception acts on, still wakes the relay."""
     now = sa.bindparam("now", type_=UTCDateTime)
     settled = messages.update().where(
         # Not named "id": a parameter named after a column would also be SET by the UPDATE.
