@@ -312,7 +312,8 @@ def _iso(instant: datetime) -> str:
 
 def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
     """A patient's YES or NO applies to the appointment the text they answered was about
-    (notify names it), if that has not begun; other intents are notify's. Without that name,
+    (notify names it), if that is still booked and has not begun, and otherwise to nothing;
+    other intents are notify's. Without that name,
     to the next appointment of the one patient with that number, and to nothing when several
     share it: cancelling a child's appointment on the parent's NO is worse than a NO missed,
     which reception hears about anyway."""
@@ -353,7 +354,10 @@ def _answered_appointment(uow: BookingUnitOfWork, data: dict) -> Appointment | N
             return None
         if appointment.is_active:
             return appointment          # answered, if it has not begun (still_answerable)
-        # Cancelled or over since notify looked: the reply is about what else is coming.
+        # Cancelled, attended or missed since the text: not applied to another appointment
+        # (a NO for a visit just missed would cancel the next one).
+        log.info("reply.about_a_finished_appointment", appointment_id=str(appointment.id))
+        return None
     patients = _patients_for_reply(uow, data)
     if len(patients) != 1:
         if patients:

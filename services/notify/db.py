@@ -279,20 +279,19 @@ class MessageRepository:
 
     def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
         """(appointment id, patient id) of the last SMS that went to this number inviting a
-        YES or NO (`model.delivery.ASKING_FOR_A_REPLY`) about an appointment not cancelled or
-        over: what a patient's YES or NO answers. A number several patients share (a parent
-        and child) is told apart by what was sent to it last, not by whose contact changed
-        last. Found through the patients who have this number (indexed), not by scanning
-        every message's address."""
+        YES or NO (`model.delivery.ASKING_FOR_A_REPLY`): what a patient's YES or NO answers,
+        whatever has become of that appointment since. Passing over an appointment cancelled
+        or over would name an older text's, and a NO meant for a visit already missed would
+        cancel the next one; booking instead applies it to nothing. A number several patients
+        share (a parent and child) is told apart by what was sent to it last, not by whose
+        contact changed last. Found through the patients who have this number (indexed), not
+        by scanning every message's address."""
         sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
-        finished = sa.select(appointment_states.c.appointment_id).where(
-            appointment_states.c.status.in_(sorted(FINISHED_APPOINTMENT)))
         return self._c.execute(
             sa.select(messages.c.appointment_id, messages.c.patient_id).where(
                 messages.c.patient_id.in_(sharing.scalar_subquery()),
                 messages.c.to_address == phone, messages.c.channel == "sms",
                 messages.c.appointment_id.is_not(None),
-                messages.c.appointment_id.not_in(finished.scalar_subquery()),
                 messages.c.kind.in_(sorted(ASKING_FOR_A_REPLY)),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()

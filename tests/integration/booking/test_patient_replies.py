@@ -87,8 +87,19 @@ def test_without_a_named_appointment_one_patients_yes_confirms_their_next(bookin
     assert state(booking, later) == ("booked", False)
 
 
-def test_a_reply_naming_an_appointment_cancelled_meanwhile_answers_the_next_one(booking):
+@pytest.mark.parametrize("since", ["cancel", "no-show"])
+def test_a_reply_about_an_appointment_cancelled_or_missed_since_changes_nothing(booking,
+                                                                                 since):
+    """The patient phoned to cancel Wednesday (or missed it) and then texts NO to its
+    reminder: Thursday is not cancelled in its place."""
     wednesday, thursday = book(booking, WEDNESDAY), book(booking, THURSDAY)
-    assert booking.post(f"/appointments/{wednesday}/cancel", {"reason": "x"}).status_code == 200
-    reply(booking, "confirm", appointment_id=wednesday, patient_id=booking.patient_id)
-    assert state(booking, thursday) == ("booked", True)
+    if since == "cancel":
+        assert booking.post(f"/appointments/{wednesday}/cancel",
+                            {"reason": "phoned"}).status_code == 200
+    else:
+        booking.clock.set("2026-10-21T09:15:00+00:00")
+        assert booking.post(f"/appointments/{wednesday}/no-show", {}).status_code == 200
+    events = len(booking.events())
+    reply(booking, "cancel", appointment_id=wednesday, patient_id=booking.patient_id)
+    assert state(booking, thursday) == ("booked", False)
+    assert len(booking.events()) == events

@@ -72,11 +72,12 @@ def test_a_reply_names_the_appointment_of_the_last_text_sent_to_that_number(noti
     assert (event.data["appointment_id"], event.data["patient_id"]) == (mother, "p-mother")
 
 
-def test_a_reply_answers_the_last_text_inviting_one_about_a_coming_appointment(notifier,
-                                                                             client):
-    """Tomorrow's confirmation invites a reply; next week's came later but that appointment
+def test_a_reply_answers_the_last_text_inviting_one_even_if_its_appointment_is_gone(
+        notifier, client):
+    """Tomorrow's confirmation invites a reply; next week's came later, and that appointment
     has been cancelled since; a form link for the week after came last but invites nothing:
-    the NO names tomorrow's appointment."""
+    the NO names next week's appointment, which booking then leaves alone, rather than
+    tomorrow's, which the patient did not answer."""
     from tests.integration.notify.test_notifier import form_event
     tomorrow, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
     notifier.dispatch()                              # tomorrow's confirmation
@@ -97,7 +98,7 @@ def test_a_reply_answers_the_last_text_inviting_one_about_a_coming_appointment(n
     notifier.clock.advance(timedelta(minutes=1))
     reply(notifier, client, "NO")
     [event] = notifier.published("notify.reply.received")
-    assert event.data["appointment_id"] == tomorrow
+    assert event.data["appointment_id"] == next_week != tomorrow
 
 
 def test_a_reply_names_no_appointment_when_none_was_texted_about(notifier, client):
