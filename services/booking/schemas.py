@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, date
 
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
@@ -175,10 +175,25 @@ class TreatmentOut(Schema):
     followup = fields.Nested(FollowUpPlanOut, allow_none=True)
 
 
+# The years a clinic's diary can hold. Far beyond any booking, and far enough from the
+# calendar's ends (year 1, 9999) that a day's bounds or a treatment's end never overflow.
+FIRST_YEAR, LAST_YEAR = 1900, 9000
+_DIARY_DATES = validate.Range(min=date(FIRST_YEAR, 1, 1), max=date(LAST_YEAR, 12, 31),
+                              error=f"must be a date from {FIRST_YEAR} to {LAST_YEAR}")
+
+
+def _in_the_diary(instant) -> bool:
+    """A start in the years the diary holds: "9999-12-31T23:50Z" plus a treatment's length,
+    or "0001-01-01T00:00+05:00" in UTC, is not a date at all (a 500, before this check)."""
+    if not FIRST_YEAR <= instant.year <= LAST_YEAR:
+        raise ValidationError(f"must be a time from {FIRST_YEAR} to {LAST_YEAR}")
+    return True
+
+
 class AvailabilityQuery(Requesting):
     clinician_id = fields.UUID(required=True)
     treatment_code = fields.String(required=True, validate=validate.Length(1, 40))
-    date = fields.Date(required=True)
+    date = fields.Date(required=True, validate=_DIARY_DATES)
 
 
 class SlotOut(Schema):
@@ -198,11 +213,11 @@ class AppointmentIn(Requesting):
     patient_id = fields.UUID(required=True)
     clinician_id = fields.UUID(required=True)
     treatment_code = fields.String(required=True, validate=validate.Length(1, 40))
-    starts_at = fields.AwareDateTime(required=True, format="iso")
+    starts_at = fields.AwareDateTime(required=True, format="iso", validate=_in_the_diary)
 
 
 class RescheduleIn(Requesting):
-    starts_at = fields.AwareDateTime(required=True, format="iso")
+    starts_at = fields.AwareDateTime(required=True, format="iso", validate=_in_the_diary)
     clinician_id = fields.UUID(load_default=None, allow_none=True)
 
 
@@ -226,7 +241,7 @@ class AppointmentOut(Schema):
 
 
 class AppointmentsQuery(Requesting):
-    date = fields.Date(required=True)
+    date = fields.Date(required=True, validate=_DIARY_DATES)
     clinician_id = fields.UUID(load_default=None)
 
 

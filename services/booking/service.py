@@ -97,8 +97,11 @@ def book_appointment(uow: BookingUnitOfWork, patient_id: uuid.UUID, clinician_id
         written = _book_at_once(uow, patient_id, clinician_id, treatment_code, starts_at, tz)
         if written is not None:
             return written
+    # The instant, not how it was written: a retry giving 09:00Z for 10:00+01:00 is the
+    # same request, and gets the same answer.
     request = {"patient_id": patient_id, "clinician_id": clinician_id,
-               "treatment_code": treatment_code, "starts_at": starts_at.isoformat()}
+               "treatment_code": treatment_code,
+               "starts_at": model.clinic_time.as_utc(starts_at).isoformat()}
     with uow:
         existing = _replayed_id(uow, "appointments", key, request)
         if existing:

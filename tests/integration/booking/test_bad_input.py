@@ -113,6 +113,10 @@ APPOINTMENT_CASES = {
     "patient missing": ({"patient_id": ...}, {"patient_id"}),
     "unknown field": ({"notes": "bad knee"}, {"notes"}),
     "NUL in the treatment code": ({"treatment_code": "TPI\x00"}, {"treatment_code"}),
+    # A treatment's end, or the UTC form, past the calendar's last or first day (were 500s).
+    "at the calendar's end": ({"starts_at": "9999-12-31T23:50:00+00:00"}, {"starts_at"}),
+    "before the calendar, in UTC": ({"starts_at": "0001-01-01T00:00:00+05:00"},
+                                    {"starts_at"}),
 }
 
 
@@ -224,3 +228,20 @@ def test_a_misspelt_query_parameter_is_refused_not_ignored(unchanged_booking):
         "date": "2026-10-21", "clinican_id": str(site.shah)})
     assert response.status_code == 422
     assert _field_names(response.get_json()["error"]["fields"]) == {"clinican_id"}
+
+
+@pytest.mark.parametrize("when", ["9999-12-31", "0001-01-01"])
+def test_dates_at_the_calendars_ends_are_refused_not_a_server_error(booking, when):
+    """Reschedules, availability and the day list, each given a date or time the diary
+    cannot hold: a 422 naming the field (each was a 500)."""
+    booked = booking.book(SLOT).get_json()
+    response = booking.post(f"/appointments/{booked['id']}/reschedule",
+                            {"starts_at": f"{when}T10:00:00+05:00"})
+    assert response.status_code == 422, response.get_json()
+    assert _field_names(response.get_json()["error"]["fields"]) == {"starts_at"}
+    for path, query in [("/availability", {"clinician_id": str(booking.shah),
+                                           "treatment_code": "TPI", "date": when}),
+                        ("/appointments", {"date": when})]:
+        response = booking.get(path, query_string=query)
+        assert response.status_code == 422, (path, response.get_json())
+        assert _field_names(response.get_json()["error"]["fields"]) == {"date"}

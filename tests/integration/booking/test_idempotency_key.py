@@ -126,3 +126,17 @@ def test_an_overlong_key_is_refused_not_cut_short(booking):
     assert booking.counts() == before
     exact = booking.post("/patients", PATIENT, {"Idempotency-Key": stem})
     assert exact.status_code == 201
+
+
+def test_a_retry_writing_the_same_start_in_another_offset_gets_the_first_answer(booking):
+    """10:00 BST the first time, 09:00Z on the retry (a client that re-serialises the time):
+    the same instant, so the same booking back, not a 422 for a "different" request."""
+    key = {"Idempotency-Key": "retry-offset-1"}
+    before = booking.counts()
+    first = booking.post("/appointments", _appointment(booking, SLOT), key)
+    second = booking.post("/appointments",
+                          _appointment(booking, "2026-10-21T09:00:00Z"), key)
+    assert first.status_code == second.status_code == 201, second.get_json()
+    assert second.get_json() == first.get_json()
+    assert _grew(before, booking.counts()) == {"appointments": 1, "outbox": 1,
+                                               "idempotency_keys": 1}
