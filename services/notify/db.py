@@ -187,7 +187,7 @@ class MessageRepository:
                 "due_at", "status", "attempts", "updated_at")}
             revive.update({name: sa.null() for name in (
                 "claim_token", "lease_until", "sending_at", "error", "error_code",
-                "provider_status")})
+                "provider_status", "withdrawn")})
             return insert.on_conflict_do_update(
                 index_elements=[messages.c.dedupe_key], set_=revive,
                 where=messages.c.status == CANCELLED,
@@ -214,14 +214,20 @@ class MessageRepository:
     def cancel_pending(self, appointment_id: str, kinds: tuple[str, ...] | None = None,
                        reason: str | None = None) -> int:
         """Cancel what has not gone yet: pending rows, and rows a scheduler has claimed but not
-        begun to send (its `begin_send` then finds the row cancelled and sends nothing)."""
+        begun to send (its `begin_send` then finds the row cancelled and sends nothing); and
+        withdraw those begun (`_withdraw`).
+
+        In that order: a send begun between the two statements is then seen begun by the
+        second, where the other way round it was neither withdrawn (not begun yet) nor
+        cancelled (begun by then), and went out after a 5xx and a recovery."""
         about = [messages.c.appointment_id == appointment_id]
         if kinds:
             about.append(messages.c.kind.in_(kinds))
-        self._withdraw(reason or "cancelled", *about)
-        return self._c.execute(messages.update().where(_not_yet_sent(), *about).values(
+        cancelled = self._c.execute(messages.update().where(_not_yet_sent(), *about).values(
             status=CANCELLED, claim_token=None, lease_until=None, error=reason,
             updated_at=self._clock.now())).rowcount
+        self._withdraw(reason or "cancelled", *about)
+        return cancelled
 
     def cancel_fallbacks_of(self, appointment_id: str | None, kinds: tuple[str, ...],
                             reason: str) -> int:
@@ -268,14 +274,15 @@ class MessageRepository:
     def hold_for_opt_out(self, phone: str) -> int:
         """STOP: SMS to this number claimed but not begun go back to pending, where the next
         round cancels them as opted out (their claimer's `begin_send` finds them gone); those
-        begun and in doubt are withdrawn (`_withdraw`)."""
-        self._withdraw("opted out of SMS", messages.c.to_address == phone,
-                       messages.c.channel == "sms")
-        return self._c.execute(messages.update().where(
+        begun and in doubt are withdrawn (`_withdraw`), after: see `cancel_pending`."""
+        held = self._c.execute(messages.update().where(
             messages.c.to_address == phone, messages.c.channel == "sms",
             messages.c.status == SENDING, messages.c.sending_at.is_(None),
         ).values(status=PENDING, claim_token=None, lease_until=None,
                  updated_at=self._clock.now())).rowcount
+        self._withdraw("opted out of SMS", messages.c.to_address == phone,
+                       messages.c.channel == "sms")
+        return held
 
     def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
         """(appointment id, patient id) of the last SMS that went to this number inviting a
@@ -295,6 +302,18 @@ class MessageRepository:
                 messages.c.kind.in_(sorted(ASKING_FOR_A_REPLY)),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()
+
+    def sids_of_others_sent_to(self, phone: str, message_id: uuid.UUID, since: datetime
+                               ) -> set[str]:
+        """The provider ids recorded for other SMS to this number since `since`: what crash
+        recovery must not take for this message's, however alike their texts. Found through
+        the patients who have this number (indexed), as `last_about_an_appointment`."""
+        sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
+        return set(self._c.execute(sa.select(messages.c.provider_id).where(
+            messages.c.patient_id.in_(sharing.scalar_subquery()),
+            messages.c.to_address == phone, messages.c.channel == "sms",
+            messages.c.id != message_id, messages.c.provider_id.is_not(None),
+            messages.c.sending_at >= since)).scalars())
 
     def last_sent_to_patient(self, patient_id: str, kind: str) -> datetime | None:
         return self._c.execute(sa.select(sa.func.max(messages.c.created_at)).where(

@@ -67,6 +67,8 @@ RECHECK_SECONDS = 1.0
 KEEP_HISTORY = timedelta(days=90)
 KEEP_RECEIPTS = timedelta(days=30)
 MAYBE_SENT_HOLD = 30.0
+# Sends recorded this long before an unfinished one are passed over as its own (find_sent).
+RECOVERY_LOOKBACK = timedelta(hours=1)
 # How long a report that overtook its send may wait, while a round goes on, to be applied.
 EARLY_REPORT_SWEEP_SECONDS = 1.0
 
@@ -172,7 +174,11 @@ class Scheduler:
             handled = cancel_unwanted(uow.connection, uow.clock.now())
             uow.commit()
         for message in self._claim(expired_leases, limit=EMAIL_BATCH):
-            self._recover(message)
+            try:
+                self._recover(message)
+            except Exception as error:  # one message's trouble must not stop the round
+                log.warning("message.unrecovered", message_id=str(message.id),
+                            error=type(error).__name__)
             handled += 1
         for channel, limit in (("email", EMAIL_BATCH), ("sms", self.sms_batch)):
             claimed = self._claim(claim_due, limit=limit, channel=channel)
@@ -364,7 +370,11 @@ class Scheduler:
         if message.channel == "sms":
             try:
                 body = self.context.texts.sms(message.kind, message.context)
-                sid = self.context.sms.find_sent(message.to, message.sending_at, body)
+                with self.context.uow() as uow:
+                    others = uow.messages.sids_of_others_sent_to(
+                        message.to, message.id, message.sending_at - RECOVERY_LOOKBACK)
+                sid = self.context.sms.find_sent(message.to, message.sending_at, body,
+                                                 passing_over=others)
             except TransientSendError as error:
                 self._hold(message, backoff_delay(min(message.attempts, 8), base=2.0, cap=300))
                 log.warning("message.unresolved", message_id=str(message.id),

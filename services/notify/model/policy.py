@@ -91,9 +91,12 @@ def _has_begun(context: dict[str, Any], now: datetime) -> bool:
     return context["starts_at"] <= as_utc(now)
 
 
-def _at_once(kind: str, data: dict, now: datetime, context: dict[str, Any]) -> list[PlannedMessage]:
+def _at_once(kind: str, data: dict, now: datetime, context: dict[str, Any],
+             change: str = "") -> list[PlannedMessage]:
+    """`change` tells apart notices of one kind for one appointment planned in one minute."""
     channels = channels_for(data["contact"])
-    return _plan(kind, data["appointment_id"], channels, as_utc(now), data, context)
+    subject = f"{data['appointment_id']}{change}"
+    return _plan(kind, subject, channels, as_utc(now), data, context)
 
 def _reminders(
     data: dict,
@@ -146,7 +149,12 @@ def plan_rescheduled(
     }
     if _has_begun(context, now):
         return []
-    notice = _at_once("rescheduled", data, now, context)
+    # Moved 15:00 -> 14:00, then 14:00 -> 16:00 within the minute: two notices, not one
+    # (keyed by the minute alone, the second was taken for the first and never sent).
+    moved_from = context["previous_starts_at"]
+    notice = _at_once("rescheduled", data, now, context, change=(
+        f"@{moved_from:%Y%m%dT%H%M}" if moved_from else "@"
+    ) + f">{context['starts_at']:%Y%m%dT%H%M}/{data.get('clinician_id') or ''}")
     return notice + _reminders(data, now, offsets, quiet, tz, context)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TextIO
 
@@ -73,13 +73,15 @@ class ConsoleSms(_Recorder):
         self._record(entry, f"[console sms] {sid} to {_masked(to)} ({len(body)} chars)")
         return SendResult(provider_id=sid, status="sent")
 
-    def find_sent(self, to: str, sent_after: datetime, body: str | None = None) -> str | None:
+    def find_sent(self, to: str, sent_after: datetime, body: str | None = None,
+                  passing_over: Collection[str] = ()) -> str | None:
         if sent_after.tzinfo is None:
             raise ValueError("find_sent needs an aware datetime")
         with self._lock:
             for entry in self.sent:
                 if (
                     entry["to"] == to
+                    and entry["provider_id"] not in passing_over
                     and entry["sent_at"] >= sent_after
                     and (body is None or entry["body"] == body)
                 ):

@@ -133,6 +133,11 @@ class SmtpEmail:
             raise PermanentSendError(f"SMTP {stage}: {error}") from error
         except ssl.SSLCertVerificationError as error:
             raise PermanentSendError(f"SMTP {stage}: certificate not trusted") from error
+        except UnicodeEncodeError as error:
+            # An address with letters beyond ASCII ("josé@example.org"), which smtplib cannot
+            # put in a plain envelope: it would fail the same way on every try.
+            raise PermanentSendError(
+                f"SMTP {stage}: the address is not plain ASCII (it needs SMTPUTF8)") from error
         except (smtplib.SMTPException, OSError) as error:
             # Broken after the end-of-data line: the server may have taken the message before
             # the connection dropped. Before it, nothing was delivered.

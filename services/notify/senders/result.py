@@ -1,7 +1,7 @@
 """What a send returns, and the two ways it can fail: the notifier retries one and not the other."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -56,7 +56,8 @@ class SmsSender(Protocol):
         self, to: str, body: str, status_callback: str | None, idempotency_key: str | None = None
     ) -> SendResult: ...
 
-    def find_sent(self, to: str, sent_after: datetime, body: str | None = None) -> str | None: ...
+    def find_sent(self, to: str, sent_after: datetime, body: str | None = None,
+                  passing_over: Collection[str] = ()) -> str | None: ...
 
     def close(self) -> None: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -219,8 +219,11 @@ class TwilioSms:
             ) from error
         return SendResult(provider_id=message.sid, status=str(message.status or "unknown"))
 
-    def find_sent(self, to: str, sent_after: datetime, body: str | None = None) -> str | None:
-        """The sid of a message to `to` (with this body, when given) created since `sent_after`.
+    def find_sent(self, to: str, sent_after: datetime, body: str | None = None,
+                  passing_over: Collection[str] = ()) -> str | None:
+        """The sid of a message to `to` (with this body, when given) created since `sent_after`,
+        but none of `passing_over`: sids recorded for other messages, since two patients
+        sharing a phone can be sent the very same text at the same moment (check-ins).
 
         Crash recovery: a message left `sending` may have reached Twilio. Twilio's DateSent
         filter works on whole GMT days and skips messages still queued (date_sent is null until
@@ -244,7 +247,7 @@ class TwilioSms:
         matches = {
             message.sid: message.date_created
             for message in found
-            if message.to == to
+            if message.to == to and message.sid not in passing_over
             and (body is None or message.body == body)
             and isinstance(message.date_created, datetime)
             and message.date_created >= since

@@ -761,3 +761,90 @@ def test_a_failed_message_still_wakes_the_relay(notifier):
     book(notifier, contact=contact(phone="+447400999999", email_ok=False))
     assert _relay_wakeups(notifier, notifier.dispatch) >= 1
     assert notifier.published("notify.message.failed")
+
+
+def test_a_cancellation_racing_the_start_of_a_send_withdraws_it(notifier):
+    """The cancellation's transaction meets the row locked by a send that is starting (its
+    `begin_send` not yet committed). Whichever way that goes, the message must end either
+    cancelled or withdrawn: here it is begun, so withdrawn, and recovery will not send it.
+    (Withdrawing before cancelling left it neither, and it went out after a 5xx.)"""
+    from services.notify.db import MessageRepository, claim_due
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    token = uuid.uuid4()
+    with notifier.engine.begin() as connection:
+        [claimed] = claim_due(connection, notifier.clock.now(), 10, LEASE, token, channel="sms")
+    starting = notifier.engine.connect()
+    MessageRepository(starting, notifier.clock).begin_send(claimed.id, token, LEASE)
+    cancelling = notifier.engine.connect()
+    cancelled_pid = cancelling.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    worker = threading.Thread(target=lambda: MessageRepository(
+        cancelling, notifier.clock).cancel_pending(appointment_id, None, "cancelled"))
+    worker.start()
+    deadline = time.monotonic() + 10
+    with notifier.engine.connect() as watcher:      # until the cancellation waits on the row
+        while not watcher.exec_driver_sql(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %(pid)s",
+                {"pid": cancelled_pid}).scalar() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    starting.commit()
+    worker.join(10)
+    cancelling.commit()
+    starting.close()
+    cancelling.close()
+    [row] = notifier.rows(id=claimed.id)
+    assert row.status == "cancelled" or row.withdrawn is not None, (row.status, row.withdrawn)
+
+
+def test_recovery_does_not_take_a_relatives_identical_text_for_the_one_in_doubt(notifier):
+    """Mother and son share a phone and get the same check-in text at the same moment; the
+    son's send is answered with a 500. Twilio's list then shows one such text, the mother's:
+    it is not the son's, so his is sent, and each keeps its own sid."""
+    for patient in ("p-mother", "p-son"):
+        followup_id = new_id()
+        notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                              subject=followup_id, time=notifier.clock.now(), data={
+                                  "followup_id": followup_id, "appointment_id": new_id(),
+                                  "patient_id": patient, "kind": "checkin",
+                                  "due_at": notifier.clock.now().isoformat(),
+                                  "treatment": {"code": "TPI",
+                                                "name": "Trigger point injection"},
+                                  "contact": contact(email_ok=False)}))
+    notifier.twilio.fail_next(1, status=500)
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    notifier.clock.advance(timedelta(seconds=300))
+    notifier.dispatch()
+    rows = notifier.rows(kind="checkin")
+    assert [r.status for r in rows] == ["sent", "sent"]
+    assert len({r.provider_id for r in rows}) == 2
+    assert len(notifier.sms_to()) == 2
+    assert notifier.sms_to()[0]["body"] == notifier.sms_to()[1]["body"]
+
+
+def test_an_email_address_beyond_ascii_fails_for_good_with_its_reason(notifier):
+    """Booking accepts "josé@example.org"; smtplib cannot put it in a plain envelope. The
+    email fails at once with that reason, for reception, and the round goes on to the SMS
+    (it used to end every round with an unexpected error, then give up after 8 tries)."""
+    book(notifier, contact=contact(email="josé@example.org"))
+    notifier.dispatch()
+    [email] = notifier.rows(kind="confirmation", channel="email")
+    assert email.status == "failed" and "ASCII" in email.error
+    [sms] = notifier.rows(kind="confirmation", channel="sms")
+    assert sms.status == "sent"
+
+
+def test_two_reschedules_within_a_minute_each_tell_the_patient(notifier):
+    """Reception moves 10:00 to 09:00, then corrects it to 11:00 in the same minute: the
+    patient is told both times, the last text naming 11:00 (the second was taken for a
+    repeat of the first and never sent)."""
+    appointment_id, _ = book(notifier, contact=contact(email_ok=False))
+    notifier.dispatch()
+    for previous, new in ((STARTS, STARTS - timedelta(hours=1)),
+                          (STARTS - timedelta(hours=1), STARTS + timedelta(hours=1))):
+        notifier.handle(appointment_event(
+            "rescheduled", appointment_id, new, notifier.clock.now(),
+            previous_starts_at=previous.isoformat(), contact=contact(email_ok=False)))
+        notifier.dispatch()
+    texts = [m["body"] for m in notifier.sms_to()]
+    assert len(texts) == 3
+    assert "09:00" in texts[1] and "11:00" in texts[2]
