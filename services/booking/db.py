@@ -391,7 +391,14 @@ _BOOKED_BEFORE_AT = _TREATMENT_AT + len(treatments.c)
 _BOOKING_PARTIES = (
     sa.select(
         *_CONTACT_COLUMNS, *_CLINICIAN_COLUMNS, *treatments.c,
-        sa.exists().where(appointments.c.patient_id == _patient_id).label("booked_before"),
+        # Seen, or to be seen, already: a cancelled booking does not count unless its intake
+        # form came back (rebooked after cancelling, a new patient still needs the form).
+        # (Literals written into the SQL: this statement runs straight on the driver.)
+        sa.exists().where(appointments.c.patient_id == _patient_id, sa.or_(
+            appointments.c.status != sa.literal_column("'cancelled'"),
+            appointments.c.intake_form_status.in_([
+                sa.literal_column("'completed'"), sa.literal_column("'received_on_paper'")]),
+        )).label("booked_before"),
     )
     .select_from(
         sa.select(sa.literal_column("1").label("one")).subquery("one")

@@ -218,6 +218,18 @@ def test_the_second_appointment_is_not_a_first_appointment(booking):
     assert (first, second) == (True, False)
 
 
+def test_a_new_patient_who_cancelled_and_rebooked_still_gets_the_intake_form(booking):
+    """A cancelled booking was counted as "booked before": the rebooking needed no form,
+    and the patient arrived without one."""
+    first = booking.book(SLOT).get_json()
+    assert booking.post(f"/appointments/{first['id']}/cancel",
+                        {"reason": "wrong clinician"}).status_code == 200
+    again = booking.book("2026-10-21T10:00:00+01:00", booking.whitfield).get_json()
+    assert again["intake_form_status"] == "sent"
+    booked = [e for e in booking.events() if e["type"] == "booking.appointment.booked"]
+    assert [e["data"]["first_appointment"] for e in booked] == [True, True]
+
+
 def test_the_day_list_and_patient_lookup(booking):
     booked = booking.book(SLOT).get_json()
     booking.book("2026-10-21T10:00:00+01:00", booking.whitfield)
