@@ -27,7 +27,7 @@ from bench.settings import Settings
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 UNCAPPED = 600
-ROUNDS = 3          # the uncapped scheduler and the raw baseline take turns, 200 SMS each
+ROUNDS = 3          # the uncapped worker and the raw baseline take turns, 200 SMS each
 CAP = 100
 CAPPED = 300
 
@@ -99,9 +99,10 @@ def measure(settings: Settings) -> list[Row]:
 
     return [
         Row("notify_dispatch_vs_raw_http", uncapped, "SMS/s", raw, Goal("ratio", ">=", 0.5),
-            note=f"{UNCAPPED} due SMS sent by one Scheduler (SMS_MAX_PER_SECOND 100000) to "
-                 f"FakeTwilio in {ROUNDS} rounds, each followed by the baseline: the same "
-                 "form bodies POSTed from one thread on a keep-alive requests session"),
+            note=f"{UNCAPPED} due SMS sent by `clinic worker notify` (SMS_MAX_PER_SECOND "
+                 f"100000) to FakeTwilio in {ROUNDS} rounds, each followed by the baseline: "
+                 "the same form bodies POSTed from one thread of another process on a "
+                 "keep-alive requests session"),
         Row("notify_dispatch_capped_100", capped, "SMS/s", float(CAP), Goal("ratio", ">=", 0.95),
             note=f"{CAPPED} due SMS under SMS_MAX_PER_SECOND={CAP}; baseline: the cap"),
     ]
