@@ -222,28 +222,12 @@ class MessageRepository:
         cancelled (begun by then), and went out after a 5xx and a recovery."""
         about = [messages.c.appointment_id == appointment_id]
         if kinds:
-            about.append(messages.c.kind.in_(kinds))
+            about.append(_of_kinds(appointment_id, kinds))
         cancelled = self._c.execute(messages.update().where(_not_yet_sent(), *about).values(
             status=CANCELLED, claim_token=None, lease_until=None, error=reason,
             updated_at=self._clock.now())).rowcount
         self._withdraw(reason or "cancelled", *about)
         return cancelled
-
-    def cancel_fallbacks_of(self, appointment_id: str | None, kinds: tuple[str, ...],
-                            reason: str) -> int:
-        """Cancel the unsent fallback emails that stand for SMS of these kinds (a form link
-        and its nudge, once the form is in): found through `fallback_of`, as the fallback's
-        own kind says only that it is one."""
-        if not appointment_id:
-            return 0
-        original = messages.alias("original")
-        of_kinds = sa.select(original.c.id).where(original.c.appointment_id == appointment_id,
-                                                  original.c.kind.in_(kinds))
-        return self._c.execute(messages.update().where(
-            _not_yet_sent(), messages.c.appointment_id == appointment_id,
-            messages.c.kind == SMS_FALLBACK, messages.c.fallback_of.in_(of_kinds),
-        ).values(status=CANCELLED, claim_token=None, lease_until=None, error=reason,
-                 updated_at=self._clock.now())).rowcount
 
     def _withdraw(self, reason: str, *where) -> None:
         """Sends begun whose outcome is unknown (the provider answered unclearly, or the
@@ -406,6 +390,17 @@ class MessageRepository:
 
 def _dialect_insert(connection: Connection):
     return (postgresql if connection.dialect.name == "postgresql" else sqlite).insert
+
+
+def _of_kinds(appointment_id: str, kinds: tuple[str, ...]):
+    """An appointment's messages of these kinds, and the fallback emails standing for its SMS
+    of these kinds (found through `fallback_of`): a fallback carries its SMS's text, so what
+    makes the SMS stale (a new time, a form come back) makes it stale too."""
+    original = messages.alias("original")
+    return sa.or_(messages.c.kind.in_(kinds), sa.and_(
+        messages.c.kind == SMS_FALLBACK,
+        messages.c.fallback_of.in_(sa.select(original.c.id).where(
+            original.c.appointment_id == appointment_id, original.c.kind.in_(kinds)))))
 
 
 def _not_yet_sent():

@@ -87,9 +87,7 @@ def on_booked_many(events: list[Event], context) -> None:
 def on_rescheduled(event: Event, context) -> None:
     _schedule(context, event, "notify.rescheduled", lambda: policy.plan_rescheduled(
         event.data, context.clock.now(), context.offsets, context.quiet, context.tz),
-        # A fallback email carries the text of its SMS, old time and all.
-        cancel=("confirmation", "reminder", "rescheduled", SMS_FALLBACK),
-        reason="replaced by the new time",
+        cancel=("confirmation", "reminder", "rescheduled"), reason="replaced by the new time",
         then=lambda uow: _move_form_nudges(uow, event.data, context))
 
 
@@ -141,11 +139,8 @@ def on_form_sent(event: Event, context) -> None:
 
 
 def on_form_completed(event: Event, context) -> None:
-    _schedule(context, event, "notify.form_completed", lambda: [], cancel=("form_nudge",),
-              reason="form completed",
-              then=lambda uow: uow.messages.cancel_fallbacks_of(
-                  event.data.get("appointment_id"), ("form_link", "form_nudge"),
-                  "form completed"))
+    _schedule(context, event, "notify.form_completed", lambda: [],
+              cancel=("form_link", "form_nudge"), reason="form completed")
 
 
 HANDLERS = {
