@@ -213,7 +213,8 @@ def reschedule_appointment(uow: BookingUnitOfWork, appointment_id: uuid.UUID,
         uow.appointments.hold_diary(clinician.id)
         _ensure_free(uow, clinician.id, slot, excluding=appointment.id)
         previous = appointment.starts_at
-        appointment.reschedule(slot, clinician.id)
+        if not appointment.reschedule(slot, clinician.id):
+            return appointment      # already there: nothing written, nothing announced
         try:
             with uow.connection.begin_nested():
                 uow.appointments.update(appointment)

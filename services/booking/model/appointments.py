@@ -46,16 +46,22 @@ class Appointment:
         """Whether it still holds its slot: only a booked appointment does."""
         return self.status == "booked"
 
-    def reschedule(self, slot: Slot, clinician_id: uuid.UUID | None = None) -> None:
+    def reschedule(self, slot: Slot, clinician_id: uuid.UUID | None = None) -> bool:
         """Moves it, with another clinician if given; the patient has to confirm again.
+        False when it is already there with that clinician.
 
-        A "YES" to the old time says nothing about the new one.
+        A "YES" to the old time says nothing about the new one. A move to where it already
+        is (a double click, a retried request) is no move: the confirmation stands and the
+        patient is not told of a change that never happened.
         """
         self._require_booked("rescheduled")
+        if slot.starts_at == self.starts_at and clinician_id in (None, self.clinician_id):
+            return False
         self.starts_at, self.ends_at = slot.starts_at, slot.ends_at
         if clinician_id is not None:
             self.clinician_id = clinician_id
         self.confirmed = False
+        return True
 
     def cancel(self, reason: str, by: str) -> None:
         """Frees the slot; the reason is kept because reception calls patients about it."""

@@ -92,6 +92,30 @@ def test_book_reschedule_cancel(booking):
     assert (shown["status"], shown["starts_at"]) == ("cancelled", "2026-10-22T14:30:00+01:00")
 
 
+def test_a_reschedule_to_where_it_already_is_keeps_the_confirmation_and_tells_no_one(
+        booking):
+    """A double click or a retried request: no move, so no "your appointment has moved"
+    text and the patient's YES stands. The same instant in another offset is the same time."""
+    from services.booking import service
+    appointment = booking.book(SLOT).get_json()
+    service.confirm_appointment(BookingUnitOfWork(booking.engine, booking.clock),
+                                uuid.UUID(appointment["id"]))
+    before = len(booking.events())
+
+    for starts_at in (SLOT, "2026-10-21T09:00:00Z"):
+        again = booking.post(f"/appointments/{appointment['id']}/reschedule",
+                             {"starts_at": starts_at, "clinician_id": str(booking.shah)})
+        assert again.status_code == 200
+        assert (again.get_json()["starts_at"], again.get_json()["confirmed"]) == (SLOT, True)
+    assert len(booking.events()) == before
+
+    moved = booking.post(f"/appointments/{appointment['id']}/reschedule",
+                         {"starts_at": SLOT, "clinician_id": str(booking.whitfield)})
+    assert moved.get_json()["confirmed"] is False      # another clinician is a change
+    [event] = _new_events(booking, before)
+    assert event["type"] == "booking.appointment.rescheduled"
+
+
 def test_attended_injection_schedules_its_check_in_two_weeks_later(booking):
     appointment = booking.book(SLOT).get_json()
     booking.clock.set("2026-10-21T09:40:00+01:00")

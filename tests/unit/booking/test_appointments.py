@@ -38,6 +38,16 @@ def test_reschedule_moves_it_and_asks_for_confirmation_again():
     assert appointment.clinician_id == other and appointment.status == "booked"
 
 
+def test_a_reschedule_to_where_it_is_changes_nothing():
+    appointment = booked(confirmed=True)
+    same = Slot(appointment.starts_at, appointment.ends_at)
+    assert appointment.reschedule(same) is False
+    assert appointment.reschedule(same, clinician_id=appointment.clinician_id) is False
+    assert appointment.confirmed is True
+    assert appointment.reschedule(same, clinician_id=uuid.uuid4()) is True
+    assert appointment.confirmed is False
+
+
 @pytest.mark.parametrize("by", ["reception", "patient"])
 def test_cancel_frees_the_slot_and_keeps_why_and_who(by):
     appointment = booked()
