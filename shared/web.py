@@ -3,7 +3,9 @@ fail-closed staff authentication and request metrics.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import secrets
 import threading
 import time
@@ -19,6 +21,7 @@ from flask.sessions import SecureCookieSessionInterface
 from kombu import Connection
 from marshmallow import ValidationError
 from twilio.request_validator import RequestValidator
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
 
 from shared.config import Config
@@ -75,11 +78,37 @@ class ClinicApi(flask_smorest.Api):
         code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type",
                 422: "invalid"}.get(error.code, "error")
-        message = "Some fields are invalid" if fields else (error.description or error.name)
+        message = "Some fields are invalid" if fields else (
+            data.get("message") or error.description or error.name)
         response = json_error(error.code or 500, code, message, fields)
         if error.code == 401:
             response.headers["WWW-Authenticate"] = BEARER_CHALLENGE
         return response
+
+
+class _JsonBodies(FlaskParser):
+    """webargs' parser, except that a body nested deeper than the interpreter can parse
+    (`[[[[...`) is an unreadable body like any other, a 400, not a RecursionError and a 500."""
+
+    def _raw_load_json(self, req):
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError as error:
+            raise json.JSONDecodeError("nested too deeply", "(body)", 0) from error
+
+
+class ApiBlueprint(flask_smorest.Blueprint):
+    """flask-smorest's blueprint with `_JsonBodies` reading its request bodies."""
+
+    ARGUMENTS_PARSER = _JsonBodies()
+
+
+def load_json_body(body: bytes):
+    """A webhook's raw body as JSON; ValueError when it is not JSON or is nested too deeply."""
+    try:
+        return json.loads(body)
+    except RecursionError as error:
+        raise ValueError("nested too deeply") from error
 
 
 class CookieSessions(SecureCookieSessionInterface):
@@ -181,6 +210,19 @@ def signed_by_twilio(public_base_url: str, auth_token: str | None) -> bool:
     url = public_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
     return RequestValidator(auth_token).validate(
         url, request.form, request.headers.get("X-Twilio-Signature", ""))
+
+
+def only_for(*roles: str):
+    """A view for these roles (and admin): placed above `@api.arguments`, so a request
+    from staff without the role is refused with 403 before its body is read or judged (it
+    learns nothing of the validation rules)."""
+    def decorate(view):
+        @functools.wraps(view)
+        def checked(*args, **kwargs):
+            require_role(*roles)
+            return view(*args, **kwargs)
+        return checked
+    return decorate
 
 
 def require_role(*roles: str) -> None:

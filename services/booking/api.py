@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint as ApiBlueprint
 from marshmallow import RAISE
 
 from services.booking import service
@@ -32,7 +30,15 @@ from services.booking.schemas import (
     TreatmentOut,
 )
 from shared.errors import Invalid, NotFound
-from shared.web import ErrorResponse, json_error, protect, require_role, signed_by_twilio
+from shared.web import (
+    ApiBlueprint,
+    ErrorResponse,
+    json_error,
+    load_json_body,
+    only_for,
+    protect,
+    signed_by_twilio,
+)
 
 api = ApiBlueprint("booking", __name__, url_prefix="/api/v1",
                    description="Patients, clinicians, treatments, availability, appointments")
@@ -107,11 +113,12 @@ class Clinicians(MethodView):
             return uow.clinicians.list()
 
     @api.doc(parameters=[IDEMPOTENCY_HEADER], **SECURED)
+    @only_for("admin")
     @api.arguments(ClinicianIn())
     @api.response(201, ClinicianOut)
+    @api.alt_response(403, schema=ErrorResponse, description="Staff other than admin")
     def post(self, fields):
         """Add a clinician with weekly working hours in clinic time (admin only)."""
-        require_role("admin")
         return service.add_clinician(_context().uow(), fields["name"], fields["working_hours"],
                                      _idempotency_key())
 
@@ -253,7 +260,7 @@ def phone_webhook():
         return json_error(403, "forbidden", check.reason)
     # The signed bytes themselves, whatever Content-Type the phone system sent with them.
     try:
-        body = json.loads(request.get_data())
+        body = load_json_body(request.get_data())
     except ValueError:
         return json_error(400, "bad_request", "The body is not JSON")
     if not isinstance(body, dict):

@@ -24,6 +24,32 @@ class Phone(fields.String):
             raise ValidationError(str(error)) from error
 
 
+class Text(fields.String):
+    """Text with its surrounding spaces trimmed before it is judged, so a name of "   " is
+    refused as empty instead of being stored as ""."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
+class EmailAddress(fields.Email):
+    """An address the clinic's mail can reach. A domain in another script is kept in its
+    ASCII (IDNA) form; accented letters before the @ need SMTPUTF8, which the clinic's mail
+    does not speak, so such an address is refused here rather than accepted and never written
+    to (notify would fail every email to it)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        address = super()._deserialize(value, attr, data, **kwargs)
+        local, _, domain = address.rpartition("@")
+        if not local.isascii():
+            raise ValidationError("letters with accents or in other scripts before the @ "
+                                  "cannot be emailed; give another address")
+        try:
+            return f"{local}@{domain.encode('idna').decode('ascii')}"
+        except UnicodeError as error:
+            raise ValidationError("the domain after the @ is not a valid name") from error
+
+
 class JsonBoolean(fields.Boolean):
     """JSON true or false only. A consent sent as 1 or "yes" is a client bug, and marshmallow's
     truthy sets cannot refuse 1 and 0 (they equal True and False in a set)."""
@@ -79,16 +105,16 @@ class Requesting(Schema):
 
 
 class AddressIn(Requesting):
-    line1 = fields.String(required=True, validate=validate.Length(1, 200))
+    line1 = Text(required=True, validate=validate.Length(1, 200))
     line2 = fields.String(load_default=None, allow_none=True, validate=validate.Length(0, 200))
-    city = fields.String(required=True, validate=validate.Length(1, 100))
+    city = Text(required=True, validate=validate.Length(1, 100))
     postcode = Postcode(required=True)
 
 
 class GeneralPractitionerIn(Requesting):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
-    practice = fields.String(required=True, validate=validate.Length(1, 200))
-    address = fields.String(required=True, validate=validate.Length(1, 300))
+    name = Text(required=True, validate=validate.Length(1, 200))
+    practice = Text(required=True, validate=validate.Length(1, 200))
+    address = Text(required=True, validate=validate.Length(1, 300))
     phone = Phone(required=True)
 
 
@@ -98,11 +124,11 @@ class ConsentIn(Requesting):
 
 
 class PatientIn(Requesting):
-    given_name = fields.String(required=True, validate=validate.Length(1, 100))
-    family_name = fields.String(required=True, validate=validate.Length(1, 100))
+    given_name = Text(required=True, validate=validate.Length(1, 100))
+    family_name = Text(required=True, validate=validate.Length(1, 100))
     date_of_birth = fields.Date(required=True)
     phone = Phone(required=True)
-    email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(0, 254))
+    email = EmailAddress(load_default=None, allow_none=True, validate=validate.Length(0, 254))
     address = fields.Nested(AddressIn, required=True)
     gp = fields.Nested(GeneralPractitionerIn, load_default=None, allow_none=True)
     consent = fields.Nested(ConsentIn, required=True)
@@ -145,7 +171,7 @@ class WorkingHoursIn(Requesting):
 
 
 class ClinicianIn(Requesting):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
+    name = Text(required=True, validate=validate.Length(1, 200))
     working_hours = fields.List(fields.Nested(WorkingHoursIn), required=True,
                                 validate=validate.Length(1, 50))
 
@@ -222,7 +248,7 @@ class RescheduleIn(Requesting):
 
 
 class CancelIn(Requesting):
-    reason = fields.String(load_default="Cancelled by reception",
+    reason = Text(load_default="Cancelled by reception",
                            validate=validate.Length(1, 500))
 
 

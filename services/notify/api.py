@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint as ApiBlueprint
+from marshmallow import RAISE
 
 from services.notify import service
 from services.notify.schemas import MessageOut, MessagesQuery
-from shared.web import json_error, protect, signed_by_twilio
+from shared.web import ApiBlueprint, json_error, protect, signed_by_twilio
 
 api = ApiBlueprint("notify", __name__, url_prefix="/api/v1", description="Patient messages")
 protect(api)
@@ -22,11 +22,11 @@ def _context():
 @api.route("/messages")
 class Messages(MethodView):
     @api.doc(**SECURED)
-    @api.arguments(MessagesQuery, location="query")
+    @api.arguments(MessagesQuery(), location="query", unknown=RAISE)
     @api.response(200, MessageOut(many=True))
     def get(self, query):
         """The messages planned and sent for an appointment, with their delivery status."""
-        return service.message_log(_context().uow(), query["appointment_id"])
+        return service.message_log(_context().uow(), str(query["appointment_id"]))
 
 
 webhooks = Blueprint("notify_webhooks", __name__)

@@ -1,11 +1,13 @@
 """Request and response shapes of notify's API (marshmallow 4; unknown fields refused)."""
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
 
 class MessagesQuery(Schema):
-    appointment_id = fields.String(required=True, validate=validate.Length(1, 64))
+    # Booking's appointment ids are UUIDs: anything else names no appointment, and refusing
+    # it here keeps text PostgreSQL cannot hold (a NUL) away from the query.
+    appointment_id = fields.UUID(required=True)
 
 
 class MessageOut(Schema):

@@ -96,6 +96,11 @@ def test_reception_cannot_add_a_clinician_but_admin_can(booking):
     refused = booking.client.post("/api/v1/clinicians", json=body, headers=booking.reception)
     assert refused.status_code == 403
     assert refused.get_json()["error"]["code"] == "forbidden"
+    assert "admin" in refused.get_json()["error"]["message"]
+    # Refused for the role before the body is judged: staff without it learn nothing of it.
+    invalid = booking.client.post("/api/v1/clinicians", json={"name": ""},
+                                  headers=booking.reception)
+    assert invalid.status_code == 403
     listed = booking.client.get("/api/v1/clinicians", headers=booking.reception).get_json()
     assert "Dr New" not in {c["name"] for c in listed}
 

@@ -60,6 +60,10 @@ PATIENT_CASES = {
     "email malformed": ("email", "margaret@", {"email"}),
     "unknown field": ("nhs_number", "943 476 5919", {"nhs_number"}),
     "family name empty": ("family_name", "", {"family_name"}),
+    "given name only spaces": ("given_name", "   ", {"given_name"}),
+    "city only spaces": ("address.city", " \t ", {"address.city"}),
+    "gp name only spaces": ("gp.name", "  ", {"gp.name"}),
+    "email accented before the @": ("email", "jos\u00e9@example.org", {"email"}),
     "NUL in a name": ("given_name", "Marg\x00aret", {"given_name"}),
     "unpaired surrogate in an address": ("address.line1", "7 Cathedral \ud800Close",
                                          {"address.line1"}),
@@ -144,7 +148,9 @@ def test_the_good_request_the_bad_ones_are_made_from_is_accepted(booking):
         booking, starts_at="2026-10-21T11:00:00Z")).status_code == 201  # 12:00 clinic time
 
 
-@pytest.mark.parametrize("body", ["{bad json", '{"given_name": "Margaret",}', "\xff"])
+@pytest.mark.parametrize("body", ["{bad json", '{"given_name": "Margaret",}', "\xff",
+                                  "[" * 100_000], ids=["broken", "trailing comma", "not utf-8",
+                                                       "nested too deeply"])
 def test_malformed_json_is_a_bad_request(unchanged_booking, body):
     site = unchanged_booking
     before = site.counts()
@@ -156,6 +162,13 @@ def test_malformed_json_is_a_bad_request(unchanged_booking, body):
         assert error["code"] == "bad_request"
         assert error["fields"]
     assert site.counts() == before
+
+
+def test_an_email_domain_in_another_script_is_kept_in_its_ascii_form(booking):
+    """What the clinic's mail can send to: IDNA for the domain (bücher.example)."""
+    created = booking.post("/patients", {**PATIENT, "email": "margaret@b\u00fccher.example"})
+    assert created.status_code == 201, created.get_json()
+    assert created.get_json()["email"] == "margaret@xn--bcher-kva.example"
 
 
 @pytest.mark.parametrize("body", ["[]", "null", '"Margaret"', "42"])

@@ -363,6 +363,14 @@ def test_the_message_log_shows_status_without_text_or_address(notifier):
     assert PHONE not in text and EMAIL not in text and "Reply YES" not in text
     missing = client.get("/api/v1/messages", headers={"Authorization": f"Bearer {notifier.token}"})
     assert missing.status_code == 422 and "appointment_id" in missing.get_json()["error"]["fields"]
+    # Not an appointment id (a NUL would reach PostgreSQL as text it cannot hold), and a
+    # misspelt parameter: refused naming them, not a 500 or an empty log.
+    for query, field in (("appointment_id=a%00b", "appointment_id"),
+                         (f"appointment_id={appointment_id}&apointment=1", "apointment")):
+        refused = client.get(f"/api/v1/messages?{query}",
+                             headers={"Authorization": f"Bearer {notifier.token}"})
+        assert refused.status_code == 422, refused.get_data(as_text=True)
+        assert field in refused.get_json()["error"]["fields"]
 
 
 def test_the_outbox_rows_commit_with_the_outcome(notifier):
