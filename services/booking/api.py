@@ -192,7 +192,7 @@ def reschedule(fields, appointment_id: uuid.UUID):
 
 @api.route("/appointments/<uuid:appointment_id>/cancel", methods=["POST"])
 @api.doc(**SECURED)
-@api.arguments(CancelIn())
+@api.arguments(CancelIn(), required=False)   # no body: "Cancelled by reception"
 @api.response(200, AppointmentOut)
 def cancel(fields, appointment_id: uuid.UUID):
     service.cancel_appointment(_context().uow(), appointment_id, fields["reason"], "reception")

@@ -8,7 +8,13 @@ from datetime import UTC, date
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
-from services.booking.model import normalise_phone, normalise_postcode
+from services.booking.model import (
+    APPOINTMENT_STATUSES,
+    CANCELLED_BY,
+    INTAKE_FORM_STATUSES,
+    normalise_phone,
+    normalise_postcode,
+)
 
 HHMM = validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$", error="time must be HH:MM (24-hour)")
 
@@ -148,6 +154,19 @@ class GeneralPractitionerOut(Schema):
     phone = fields.String()
 
 
+class ConsentOut(Schema):
+    sms = fields.Boolean(attribute="consent_sms")
+    email = fields.Boolean(attribute="consent_email")
+
+
+class PatientConsent(fields.Nested):
+    """The patient's two consents as one object (`ConsentOut`), read from the patient itself:
+    documented in /openapi.json as the object it is."""
+
+    def get_value(self, obj, attr, accessor=None, default=None):
+        return obj
+
+
 class PatientOut(Schema):
     id = fields.UUID()
     given_name = fields.String()
@@ -157,7 +176,7 @@ class PatientOut(Schema):
     email = fields.String(allow_none=True)
     address = fields.Nested(AddressOut)
     gp = fields.Nested(GeneralPractitionerOut, allow_none=True)
-    consent = fields.Function(lambda p: {"sms": p.consent_sms, "email": p.consent_email})
+    consent = PatientConsent(ConsentOut)
 
 
 class PatientQuery(Requesting):
@@ -259,11 +278,11 @@ class AppointmentOut(Schema):
     treatment_code = fields.String()
     starts_at = ClinicTime()
     ends_at = ClinicTime()
-    status = fields.String()
+    status = fields.String(metadata={"enum": list(APPOINTMENT_STATUSES)})
     confirmed = fields.Boolean()
-    intake_form_status = fields.String()
+    intake_form_status = fields.String(metadata={"enum": list(INTAKE_FORM_STATUSES)})
     cancel_reason = fields.String(allow_none=True)
-    cancelled_by = fields.String(allow_none=True)
+    cancelled_by = fields.String(allow_none=True, metadata={"enum": [*CANCELLED_BY, None]})
 
 
 class AppointmentsQuery(Requesting):

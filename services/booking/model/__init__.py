@@ -2,6 +2,7 @@
 from .appointments import (
     APPOINTMENT_STATUSES,
     CANCELLED_BY,
+    INTAKE_FORM_STATUSES,
     Appointment,
     next_appointment_for_reply,
     still_answerable,
@@ -24,6 +25,7 @@ __all__ = [
     "DEMO_NAMESPACE",
     "DEMO_TREATMENTS",
     "FOLLOWUP_KINDS",
+    "INTAKE_FORM_STATUSES",
     "WEEKDAYS",
     "Appointment",
     "Clinician",

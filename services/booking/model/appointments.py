@@ -18,6 +18,9 @@ from .schedule import Slot
 
 APPOINTMENT_STATUSES = ("booked", "cancelled", "attended", "no_show")
 CANCELLED_BY = ("reception", "patient")
+# Where the appointment's intake form stands, as forms reports it (`not_required` when the
+# booking needed none: a returning patient, a treatment without consent).
+INTAKE_FORM_STATUSES = ("not_required", "sent", "completed", "received_on_paper")
 
 
 @dataclass

@@ -124,3 +124,25 @@ def test_error_answers_match_the_document(pg_booking):
     missing = schema["/api/v1/appointments/{appointment_id}"]["GET"].Case(
         path_parameters={"appointment_id": "5d3b9c4e-0000-4000-8000-000000000000"})
     assert missing.call_and_validate(headers=site.admin, checks=CHECKS).status_code == 404
+
+
+def test_the_document_describes_what_clients_read(booking):
+    """What a generated client reads from a patient or an appointment has its type and its
+    values in the document, and a body the API does not need is not marked required."""
+    from services.booking.model import APPOINTMENT_STATUSES, INTAKE_FORM_STATUSES
+    spec = booking.client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+    consent = schemas["PatientOut"]["properties"]["consent"]["$ref"].rsplit("/", 1)[-1]
+    assert schemas[consent]["properties"] == {"sms": {"type": "boolean"},
+                                              "email": {"type": "boolean"}}
+    appointment = schemas["AppointmentOut"]["properties"]
+    assert appointment["status"]["enum"] == list(APPOINTMENT_STATUSES)
+    assert appointment["intake_form_status"]["enum"] == list(INTAKE_FORM_STATUSES)
+
+    cancel = spec["paths"]["/api/v1/appointments/{appointment_id}/cancel"]["post"]
+    assert cancel["requestBody"].get("required") is not True
+    appointment_id = booking.book("2026-10-21T10:00:00+01:00").get_json()["id"]
+    cancelled = booking.client.post(f"/api/v1/appointments/{appointment_id}/cancel",
+                                    headers=booking.admin)
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["cancel_reason"] == "Cancelled by reception"
