@@ -56,6 +56,11 @@ class Arrived(NamedTuple):
     event: Event
 
 
+class Stopping(Exception):
+    """The worker is stopping while the database is away: the event was not handled, and
+    that is no fault of the event's."""
+
+
 class OneByOne(Exception):
     """Raised by a batch handler that cannot treat these events as one set (for example, two
     of them about one appointment): the consumer then hands them over one at a time."""
@@ -168,11 +173,21 @@ class EventConsumer(ConsumerMixin):
                     taken.message.ack()
                 return
         for taken in run:
+            if self.stop.is_set():
+                return      # the rest go back to the queue as the channel closes, unspent
             self._handle_one(*taken)
+
+    def on_decode_error(self, message, exc) -> None:
+        """kombu could not read the message (a compression it does not know, a body that is
+        not what its headers say): parked with the reason, like any unreadable event. kombu's
+        own handler acks it, lost, after logging the raw body, which can carry a patient's
+        phone number or email."""
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        self.park(message, body, f"invalid event: undecodable by kombu ({type(exc).__name__})")
 
     def _decoded(self, message) -> Arrived | None:
         """The message as `Arrived` if this service handles its event; anything else is parked
-        or acked here."""
+        or handed back here."""
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
             event = decode(body)
@@ -183,8 +198,11 @@ class EventConsumer(ConsumerMixin):
             self.park(message, body, f"invalid event: undecodable ({type(error).__name__})")
             return None
         if event.type not in self.handlers:
-            log.info("event.ignored", type=event.type, event_id=event.id)
-            message.ack()
+            # Bound to this queue by some version's handlers: mid-deploy, a newer worker's.
+            # Handed back for a worker that knows it, and parked at the delivery limit with
+            # the reason, never acked unhandled (an event acked here is lost for good).
+            self._retry_or_park(message, body, event, lambda attempt: (
+                f"no handler for {event.type} in this worker's version (delivery {attempt})"))
             return None
         return Arrived(message, body, event)
 
@@ -197,19 +215,30 @@ class EventConsumer(ConsumerMixin):
         handler = self.handlers[event.type]
         try:
             self._handle(handler, event)
+        except Stopping:
+            # Not acked, requeued or parked: the closing channel hands it back, and a
+            # database outage during a shutdown uses up none of its deliveries.
+            return
         except Exception as error:
-            attempt = self._attempt(message, event)
-            reason = f"handler failed on delivery {attempt}: {describe_error(error)}"
-            log.warning("event.failed", type=event.type, event_id=event.id, attempt=attempt,
+            log.warning("event.failed", type=event.type, event_id=event.id,
                         error=type(error).__name__)
-            if attempt >= DELIVERY_LIMIT:
-                self.park(message, body, reason[:1000])
-                self._local_attempts.pop(event.id, None)
-            else:
-                message.requeue()
+            detail = describe_error(error)
+            self._retry_or_park(message, body, event, lambda attempt: (
+                f"handler failed on delivery {attempt}: {detail}"))
             return
         self._local_attempts.pop(event.id, None)
         message.ack()
+
+    def _retry_or_park(self, message, body: bytes, event: Event,
+                       reason: Callable[[int], str]) -> None:
+        """Requeued for another delivery; parked on the last one allowed, with the reason."""
+        attempt = self._attempt(message, event)
+        if attempt >= DELIVERY_LIMIT:
+            self.park(message, body, reason(attempt)[:1000])
+            self._local_attempts.pop(event.id, None)
+        else:
+            log.info("event.requeued", type=event.type, event_id=event.id, attempt=attempt)
+            message.requeue()
 
     def _handle(self, handler: Handler, event: Event) -> None:
         delay = 0.5
@@ -218,8 +247,10 @@ class EventConsumer(ConsumerMixin):
                 handler(event)
                 return
             except Exception as error:
-                if not is_infrastructure_error(error) or self.stop.is_set():
+                if not is_infrastructure_error(error):
                     raise
+                if self.stop.is_set():
+                    raise Stopping from error
                 log.warning("event.retrying", type=event.type, event_id=event.id,
                             error=type(error).__name__, retry_in=delay)
                 self._wait_alive(delay)

@@ -55,6 +55,21 @@ class UTCDateTime(sa.TypeDecorator):
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+# A peer that vanishes without closing its socket (a host that dies, a network cut, a
+# failover that resets nothing) must be noticed in seconds, not after TCP's two hours of
+# keepalive (about 15 minutes of retransmits once a query is waiting): otherwise a query
+# blocks that long, a worker stops sending its broker heartbeats, and a dead worker's open
+# transaction keeps its row locks (and the relay's leader its lock). Asked of libpq for our
+# side, and of the server for its side with SET after connecting, not as startup `options`,
+# which a pooler such as PgBouncer refuses. Both are ignored on a Unix socket, where a dead
+# peer cannot happen.
+QUICK_TO_NOTICE_A_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10,
+                               "keepalives_interval": 5, "keepalives_count": 3,
+                               "tcp_user_timeout": 30000}
+NOTICE_A_DEAD_PEER = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                      "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000")
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """`hide_parameters`: a database error's text names the statement, not its values, which
     can be a patient's phone or email; that text reaches logs and dead-letter headers."""
@@ -67,10 +82,21 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     engine = sa.create_engine(
         url, pool_size=pool_size, max_overflow=pool_size * 2, pool_recycle=1800,
-        connect_args={"connect_timeout": 5}, hide_parameters=True,
+        connect_args={"connect_timeout": 5, **QUICK_TO_NOTICE_A_DEAD_PEER},
+        hide_parameters=True,
     )
     _dropped_connections_replaced(engine)
+    _dead_peers_noticed(engine)
     return engine
+
+
+def _dead_peers_noticed(engine: Engine) -> None:
+    """The server's side of QUICK_TO_NOTICE_A_DEAD_PEER, set once per new connection."""
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.execute(NOTICE_A_DEAD_PEER)
+        dbapi_connection.commit()   # a SET rolled back with its transaction would not stay
 
 
 def _dropped_connections_replaced(engine: Engine) -> None:

@@ -21,25 +21,17 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from shared.clock import Clock
-from shared.db import BigId, describe_error, outbox_channel
+from shared.db import (
+    NOTICE_A_DEAD_PEER,
+    QUICK_TO_NOTICE_A_DEAD_PEER,
+    BigId,
+    describe_error,
+    outbox_channel,
+)
 from shared.logging import get_logger
 from shared.messaging import InFlight, OutgoingMessage, Publisher
 
 log = get_logger("outbox")
-
-
-# The leader's lock lives as long as its session. If the leader's host dies or is cut off
-# (no FIN), the server would otherwise hold the lock until TCP gives up on the idle session
-# (keepalive after 2 hours by default; about 15 minutes of retransmits once a notification is
-# queued for it), and no standby could publish meanwhile. Asked of the server for this
-# session (a dead peer noticed in about 25 s) with SET after connecting, not as startup
-# `options`, which a pooler such as PgBouncer refuses; and of libpq for our side. Both are
-# ignored on a Unix socket, where a dead peer cannot happen.
-_NOTICE_A_DEAD_PEER = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
-                       "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000")
-_QUICK_TO_NOTICE_A_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10,
-                                "keepalives_interval": 5, "keepalives_count": 3,
-                                "tcp_user_timeout": 30000}
 
 
 class SoleLeadership:
@@ -73,8 +65,8 @@ class AdvisoryLockLeadership:
                 return True
             self.release()
         connection = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
-                                     **_QUICK_TO_NOTICE_A_DEAD_PEER)
-        connection.execute(_NOTICE_A_DEAD_PEER)
+                                     **QUICK_TO_NOTICE_A_DEAD_PEER)
+        connection.execute(NOTICE_A_DEAD_PEER)
         locked = connection.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
         if not locked:
             connection.close()

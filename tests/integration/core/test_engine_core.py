@@ -46,6 +46,26 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_at_checkout(postgres
         engine.dispose()
 
 
+def test_pooled_connections_notice_a_vanished_peer_in_seconds_not_hours(postgres_url):
+    """A database host that dies or is cut off without closing the socket: a query on a
+    pooled connection must fail within seconds (libpq's keepalives and user timeout), and the
+    server must not keep a dead worker's transaction, and its row locks, for TCP's two hours.
+    Over TCP, as in production (both are ignored on a Unix socket)."""
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            server = {name: connection.exec_driver_sql(f"SHOW {name}").scalar() for name in (
+                "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                "tcp_user_timeout")}
+            ours = connection.connection.dbapi_connection.info.get_parameters()
+        assert server == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                          "tcp_keepalives_count": "3", "tcp_user_timeout": "30000"}
+        assert (ours["keepalives"], ours["keepalives_idle"], ours["tcp_user_timeout"]) == (
+            "1", "10", "30000")
+    finally:
+        engine.dispose()
+
+
 def test_an_outbox_row_wakes_the_relay_when_committed_and_not_when_rolled_back(postgres_url):
     metadata = sa.MetaData()
     tables = add_shared_tables(metadata)
