@@ -14,6 +14,7 @@ from marshmallow import RAISE
 
 from services.booking import service
 from services.booking.schemas import (
+    AppointmentDetailOut,
     AppointmentIn,
     AppointmentOut,
     AppointmentsQuery,
@@ -170,7 +171,7 @@ class Appointments(MethodView):
 @api.route("/appointments/<uuid:appointment_id>")
 class AppointmentById(MethodView):
     @api.doc(**SECURED)
-    @api.response(200, AppointmentOut)
+    @api.response(200, AppointmentDetailOut)
     def get(self, appointment_id: uuid.UUID):
         return service.appointment_view(_context().uow(), appointment_id)
 

@@ -106,6 +106,9 @@ followups = sa.Table(
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("due_at", UTCDateTime, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The check-in's answer: the 0-10 the patient texted back, and when (the latest counts).
+    sa.Column("pain_score", sa.SmallInteger, nullable=True),
+    sa.Column("scored_at", UTCDateTime, nullable=True),
     sa.UniqueConstraint("appointment_id", "kind", name="one_followup_per_kind"),
 )
 
@@ -576,6 +579,23 @@ class FollowUpRepository:
             id=followup_id, appointment_id=appointment_id, patient_id=patient_id, kind=kind,
             due_at=due_at, created_at=self._clock.now()))
         return followup_id
+
+    def record_score(self, followup_id: uuid.UUID, patient_id: uuid.UUID | None, score: int,
+                     at: datetime) -> bool:
+        """The patient's answer to the check-in; False when there is no such follow-up of
+        this patient's (a reply naming another's is applied to nothing)."""
+        condition = followups.c.id == followup_id
+        if patient_id is not None:
+            condition = condition & (followups.c.patient_id == patient_id)
+        return self._c.execute(followups.update().where(condition).values(
+            pain_score=score, scored_at=at)).rowcount == 1
+
+    def of_appointment(self, appointment_id: uuid.UUID) -> list:
+        return self._c.execute(
+            sa.select(followups.c.id, followups.c.kind, followups.c.due_at,
+                      followups.c.pain_score, followups.c.scored_at)
+            .where(followups.c.appointment_id == appointment_id)
+            .order_by(followups.c.due_at)).all()
 
 
 class PhoneCallRepository:

@@ -285,6 +285,22 @@ class AppointmentOut(Schema):
     cancelled_by = fields.String(allow_none=True, metadata={"enum": [*CANCELLED_BY, None]})
 
 
+class FollowUpOut(Schema):
+    id = fields.UUID()
+    kind = fields.String(metadata={"description": "checkin: how is the pain, 0-10"})
+    due_at = ClinicTime()
+    pain_score = fields.Integer(allow_none=True, metadata={
+        "description": "the 0-10 the patient texted back to the check-in, latest answer"})
+    scored_at = ClinicTime(allow_none=True)
+
+
+class AppointmentDetailOut(AppointmentOut):
+    """One appointment, with its follow-ups: a check-in and its answer, for reception to
+    offer a review when the pain is not improving."""
+
+    followups = fields.List(fields.Nested(FollowUpOut))
+
+
 class AppointmentsQuery(Requesting):
     date = fields.Date(required=True, validate=_DIARY_DATES)
     clinician_id = fields.UUID(load_default=None)

@@ -325,6 +325,8 @@ def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
     with uow:
         if not uow.processed.add("booking.patient_reply", event.id):
             return
+        if intent == "score":
+            _record_pain_score(uow, event.data)
         if intent not in ("confirm", "cancel"):
             uow.commit()
             return
@@ -347,6 +349,17 @@ def apply_patient_reply(uow: BookingUnitOfWork, event) -> None:
                         uow.clinicians.get(appointment.clinician_id),
                         uow.treatments.get(appointment.treatment_code), **extra))
         uow.commit()
+
+
+def _record_pain_score(uow: BookingUnitOfWork, data: dict) -> None:
+    """A number texted back after a check-in (notify names its follow-up): kept with the
+    follow-up for reception. A score that answers no check-in is kept nowhere."""
+    followup_id, score = _uuid_or_none(data.get("followup_id")), data.get("score")
+    if followup_id is None or type(score) is not int or not 0 <= score <= 10:
+        return
+    if uow.followups.record_score(followup_id, _uuid_or_none(data.get("patient_id")), score,
+                                  uow.clock.now()):
+        log.info("followup.scored", followup_id=str(followup_id))
 
 
 def _answered_appointment(uow: BookingUnitOfWork, data: dict) -> Appointment | None:
@@ -432,12 +445,13 @@ def day_list(uow: BookingUnitOfWork, day: date, tz: ZoneInfo, clinician_id=None)
         return uow.appointments.between(start, end, clinician_id)
 
 
-def appointment_view(uow: BookingUnitOfWork, appointment_id: uuid.UUID):
+def appointment_view(uow: BookingUnitOfWork, appointment_id: uuid.UUID) -> dict:
+    """The appointment as reception sees it, with its follow-ups and any pain score."""
     with uow:
         row = uow.appointments.view(appointment_id)
-    if row is None:
-        raise NotFound("No such appointment")
-    return row
+        if row is None:
+            raise NotFound("No such appointment")
+        return {**row._mapping, "followups": uow.followups.of_appointment(appointment_id)}
 
 
 def _appointment(uow, appointment_id) -> Appointment:

@@ -7,7 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -143,6 +143,14 @@ def _json_default(value: Any) -> str:
     return str(value)
 
 
+class AnsweredText(NamedTuple):
+    """The text a patient's reply answers (`MessageRepository.last_about_an_appointment`)."""
+    appointment_id: str | None
+    patient_id: str | None
+    kind: str
+    followup_id: str | None
+
+
 @dataclass(frozen=True)
 class ClaimedMessage:
     id: uuid.UUID
@@ -268,9 +276,10 @@ class MessageRepository:
                        messages.c.channel == "sms")
         return held
 
-    def last_about_an_appointment(self, phone: str) -> tuple[str, str | None] | None:
-        """(appointment id, patient id) of the last SMS that went to this number inviting a
-        YES or NO (`model.delivery.ASKING_FOR_A_REPLY`): what a patient's YES or NO answers,
+    def last_about_an_appointment(self, phone: str):
+        """The last SMS that went to this number inviting a reply
+        (`model.delivery.ASKING_FOR_A_REPLY`), as (appointment_id, patient_id, kind,
+        followup_id): what a patient's reply answers,
         whatever has become of that appointment since. Passing over an appointment cancelled
         or over would name an older text's, and a NO meant for a visit already missed would
         cancel the next one; booking instead applies it to nothing. A number several patients
@@ -278,14 +287,19 @@ class MessageRepository:
         contact changed last. Found through the patients who have this number (indexed), not
         by scanning every message's address."""
         sharing = sa.select(contacts.c.patient_id).where(contacts.c.phone == phone)
-        return self._c.execute(
-            sa.select(messages.c.appointment_id, messages.c.patient_id).where(
+        row = self._c.execute(
+            sa.select(messages.c.appointment_id, messages.c.patient_id, messages.c.kind,
+                      messages.c.context).where(
                 messages.c.patient_id.in_(sharing.scalar_subquery()),
                 messages.c.to_address == phone, messages.c.channel == "sms",
                 messages.c.appointment_id.is_not(None),
                 messages.c.kind.in_(sorted(ASKING_FOR_A_REPLY)),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()
+        if row is None:
+            return None
+        followup_id = json.loads(row.context).get("followup_id") if row.kind == "checkin" else None
+        return AnsweredText(row.appointment_id, row.patient_id, row.kind, followup_id)
 
     def sids_of_others_sent_to(self, phone: str, message_id: uuid.UUID, since: datetime
                                ) -> set[str]:

@@ -22,14 +22,17 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
         # What the reply answers: the appointment of the last text sent to this number. Booking
         # applies a YES or NO to that one only (docs/architecture.md, Patient replies).
         answered = uow.messages.last_about_an_appointment(sender)
+        followup_id = None
         if answered is not None:
-            appointment_id, patient_id = answered
+            appointment_id, patient_id = answered.appointment_id, answered.patient_id
+            followup_id = answered.followup_id   # a reply to a check-in: the score is its
         else:
             contact = uow.contacts.with_phone(sender)
             appointment_id, patient_id = None, contact.patient_id if contact else None
         uow.outbox.add(new_event(SOURCE, "notify.reply.received", patient_id or message_sid, {
             "patient_id": patient_id, "appointment_id": appointment_id, "phone": sender,
             "intent": intent, "score": score, "message_sid": message_sid,
+            "followup_id": followup_id,
         }, uow.clock))
         uow.commit()
     return intent

@@ -101,9 +101,11 @@ def missed_call_text_allowed(now: datetime, last_sent_to_patient: datetime | Non
 ABOUT_A_COMING_APPOINTMENT = frozenset(
     {"confirmation", "reminder", "rescheduled", "form_link", "form_nudge"})
 FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
-# The texts that invite a YES or NO ("Reply YES to confirm", "Can't come? Reply NO"): what a
-# patient's reply answers. A form link or a notice of a change asks nothing.
-ASKING_FOR_A_REPLY = frozenset({"confirmation", "reminder"})
+# The texts that invite a reply ("Reply YES to confirm", "Can't come? Reply NO", the
+# check-in's "0-10? Reply with a number"): what a patient's reply answers. A form link or a
+# notice of a change asks nothing. A reply after a check-in answers the check-in: a "No"
+# (not improving) must not be taken for a NO to an earlier confirmation of another visit.
+ASKING_FOR_A_REPLY = frozenset({"confirmation", "reminder", "checkin"})
 # An email standing in for an SMS that failed: about a coming appointment or a check-in, so
 # dropped only when the appointment did not take place (a check-in follows an attended one).
 SMS_FALLBACK = "sms_fallback"

@@ -221,7 +221,8 @@ def plan_followup(
         return []
     send_at = place_outside_quiet_hours(max(due_at, now), quiet, tz, not_after=latest)
     channels = channels_for(data["contact"])[:1]
-    context = {"treatment_name": data["treatment"]["name"]}
+    # The follow-up's id: the score a reply gives is booking's to record against it.
+    context = {"treatment_name": data["treatment"]["name"], "followup_id": data["followup_id"]}
     return _plan("checkin", data["followup_id"], channels, send_at, data, context)
 
 

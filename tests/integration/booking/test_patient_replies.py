@@ -103,3 +103,33 @@ def test_a_reply_about_an_appointment_cancelled_or_missed_since_changes_nothing(
     reply(booking, "cancel", appointment_id=wednesday, patient_id=booking.patient_id)
     assert state(booking, thursday) == ("booked", False)
     assert len(booking.events()) == events
+
+
+def test_a_score_texted_back_to_a_check_in_is_kept_with_its_follow_up(booking):
+    """The injection was attended, so its check-in was planned; the patient's "8" (notify
+    names the follow-up) is shown with the appointment for reception. A "No" to the check-in
+    names the attended injection, which it leaves as it is; a score naming another
+    patient's follow-up, or none, is kept nowhere."""
+    injection = book(booking, WEDNESDAY)
+    booking.clock.set("2026-10-21T10:40:00+01:00")
+    assert booking.post(f"/appointments/{injection}/attended").status_code == 200
+    [followup] = booking.get(f"/appointments/{injection}").get_json()["followups"]
+    assert (followup["kind"], followup["pain_score"], followup["scored_at"]) == (
+        "checkin", None, None)
+    booking.clock.set("2026-11-04T10:05:00+00:00")
+
+    someone_else = "5d3b9c4e-0000-4000-8000-000000000000"
+    reply(booking, "score", score=9, followup_id=followup["id"], patient_id=someone_else,
+          appointment_id=injection)
+    reply(booking, "score", score=9, patient_id=booking.patient_id)
+    assert booking.get(f"/appointments/{injection}").get_json()["followups"][0][
+        "pain_score"] is None
+    reply(booking, "score", score=8, followup_id=followup["id"], patient_id=booking.patient_id,
+          appointment_id=injection)
+    reply(booking, "cancel", followup_id=followup["id"], patient_id=booking.patient_id,
+          appointment_id=injection)
+
+    shown = booking.get(f"/appointments/{injection}").get_json()
+    assert shown["status"] == "attended"
+    [followup] = shown["followups"]
+    assert (followup["pain_score"], followup["scored_at"]) == (8, "2026-11-04T10:05:00+00:00")

@@ -50,7 +50,7 @@ def test_a_reply_is_published_for_booking_with_its_intent(notifier, client, body
     assert event.data["intent"] == intent and event.data["score"] == score
     assert event.data["patient_id"] == "p-42" and event.data["phone"] == PHONE
     assert set(event.data) == {"patient_id", "appointment_id", "phone", "intent", "score",
-                               "message_sid"}
+                               "message_sid", "followup_id"}
 
 
 def test_a_reply_names_the_appointment_of_the_last_text_sent_to_that_number(notifier, client):
@@ -99,6 +99,40 @@ def test_a_reply_answers_the_last_text_inviting_one_even_if_its_appointment_is_g
     reply(notifier, client, "NO")
     [event] = notifier.published("notify.reply.received")
     assert event.data["appointment_id"] == next_week != tomorrow
+
+
+@pytest.mark.parametrize("body, intent, score", [("8", "score", 8), ("No", "cancel", None)])
+def test_a_reply_after_a_check_in_answers_the_check_in_not_a_later_confirmation(
+        notifier, client, body, intent, score):
+    """The injection was attended and a review booked (its confirmation invited a YES or NO);
+    then the check-in asked how the pain is. "8", or "No" (not improving), answers the
+    check-in: it names the injection's appointment and the follow-up, never the review,
+    which a "No" would otherwise cancel."""
+    injection, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
+    notifier.handle(appointment_event("attended", injection, STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=False)))
+    book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
+         contact=contact(email_ok=False))
+    notifier.dispatch()                               # the review's confirmation
+    followup_id = new_id()
+    notifier.clock.advance(timedelta(days=1))
+    from shared.events import Event
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=injection, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": injection,
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": notifier.clock.now().isoformat(),
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact(email_ok=False)}))
+    notifier.dispatch()                               # the check-in, the last text sent
+    assert "how is your pain" in notifier.sms_to()[-1]["body"]
+    notifier.clock.advance(timedelta(minutes=5))
+
+    reply(notifier, client, body)
+
+    [event] = notifier.published("notify.reply.received")
+    assert (event.data["intent"], event.data["score"]) == (intent, score)
+    assert (event.data["appointment_id"], event.data["followup_id"]) == (injection, followup_id)
 
 
 def test_a_reply_names_no_appointment_when_none_was_texted_about(notifier, client):

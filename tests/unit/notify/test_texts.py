@@ -280,10 +280,11 @@ def test_every_message_the_policies_plan_renders_on_its_channel():
             assert all(USUAL_CLINIC.email(message.kind, message.context))
 
 
-def test_the_texts_a_reply_can_answer_are_exactly_those_that_invite_yes_or_no():
-    """A patient's YES or NO is matched to the last text that asked for one (notify's
-    `last_about_an_appointment`): the set must follow the templates' wording."""
+def test_the_texts_a_reply_can_answer_are_exactly_those_that_invite_one():
+    """A patient's reply is matched to the last text that asked for one (notify's
+    `last_about_an_appointment`): the set must follow the templates' wording, a YES or NO
+    or the check-in's score."""
     templates = Path(__file__).resolve().parents[3] / "services/notify/templates/sms"
     inviting = {path.stem for path in templates.glob("*.txt")
-                if re.search(r"Reply (YES|NO)\b", path.read_text())}
+                if re.search(r"Reply (YES|NO|with a number)\b", path.read_text())}
     assert inviting == ASKING_FOR_A_REPLY
