@@ -6,11 +6,13 @@ patient, their date of birth or anything they told us.
 """
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from services.notify.model.schedule import as_utc
@@ -51,8 +53,27 @@ _PLAIN_GSM7 = str.maketrans(
         "\u2014": "-",
         "\u2026": "...",
         "\u00a0": " ",
+        # Letters GSM-7 lacks that no accent-stripping reaches (see _in_gsm7).
+        "\u0141": "L", "\u0142": "l", "\u0110": "D", "\u0111": "d", "\u0131": "i",
+        "\u0152": "OE", "\u0153": "oe", "\u00d0": "D", "\u00f0": "d", "\u00de": "Th",
+        "\u00fe": "th",
     }
 )
+
+
+
+def _in_gsm7(char: str) -> str:
+    """A character GSM-7 lacks, as the GSM-7 letter it is built on: the accents of Irish,
+    Welsh, Polish or Czech names ("Siobhán", "Zoë", "Dvořák") would otherwise make the whole
+    text UCS-2, with 70 characters a part, so a usual reminder costs three parts. GSM-7's own
+    accented letters (é, ü, Ñ ...) stay. A character with no such base (Greek, Cyrillic,
+    Chinese) stays too: a name must stay readable, whatever the text then costs."""
+    if char in GSM7_BASIC or char in GSM7_EXTENSION:
+        return char
+    base = "".join(c for c in unicodedata.normalize("NFKD", char)
+                   if not unicodedata.combining(c))
+    return base if base and all(c in GSM7_BASIC for c in base) else char
+
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -69,6 +90,21 @@ def clinic_time(value: str | datetime, tz: ZoneInfo) -> str:
     return f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month - 1]} at {local:%H:%M}"
 
 
+def tel_uri(phone: str) -> str:
+    """The clinic's number as a link phones dial right (RFC 3966, E.164): "+44 (0)20 7946
+    0321", the way the UK writes it, would otherwise become tel:+44(0)2079460321, which many
+    phones dial as +44 0 20. A number phonenumbers cannot read is linked as written, digits
+    and a leading + only."""
+    try:
+        number = phonenumbers.parse(phone, "GB")
+        if phonenumbers.is_valid_number(number):
+            return "tel:" + phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    except phonenumbers.NumberParseException:
+        pass
+    digits = "".join(c for c in phone if c.isdigit())
+    return "tel:" + ("+" if phone.strip().startswith("+") else "") + digits
+
+
 class MessageTexts:
     """Renders each kind of message with the clinic's name, phone and address filled in."""
 
@@ -82,7 +118,8 @@ class MessageTexts:
         )
         self._env.filters["clinic_time"] = lambda value: clinic_time(value, tz)
         self._env.globals.update(
-            clinic_name=clinic_name, clinic_phone=clinic_phone, clinic_address=clinic_address
+            clinic_name=clinic_name, clinic_phone=clinic_phone, clinic_address=clinic_address,
+            clinic_phone_uri=tel_uri(clinic_phone),
         )
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
@@ -93,7 +130,7 @@ class MessageTexts:
         if kind not in SMS_KINDS:
             raise ValueError(f"no SMS text for {kind!r}")
         text = " ".join(self._render(f"sms/{kind}.txt", context).split())
-        return text.translate(_PLAIN_GSM7)
+        return "".join(_in_gsm7(char) for char in text.translate(_PLAIN_GSM7))
 
     def email(self, kind: str, context: dict[str, Any]) -> tuple[str, str, str]:
         """Subject, plain-text body and HTML body.

@@ -223,7 +223,8 @@ def test_the_checkin_goes_by_sms_at_its_time():
     clock = FixedClock("2026-11-30T11:00:00Z")
     planned = plan_followup(followup(), clock.now(), NIGHT, LONDON)
     assert summary(planned) == [("checkin", "sms", "2026-12-14T10:00:00+00:00")]
-    assert planned[0].context == {"treatment_name": "Ultrasound-guided trigger point injection"}
+    assert planned[0].context == {"treatment_name": "Ultrasound-guided trigger point injection",
+                                  "followup_id": followup()["followup_id"]}
 
 
 def test_the_checkin_goes_by_email_to_a_patient_without_sms():

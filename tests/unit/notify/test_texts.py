@@ -50,7 +50,7 @@ USUAL = {
 LONGEST = {
     **USUAL,
     "treatment_name": "Ultrasound-guided trigger point injection",
-    "clinician_name": "Dr Alexandra Montgomery-Fraser",  # 30
+    "clinician_name": "Professor Alexandra Montgomery-Fraser",  # 37
     "url": "https://forms.marylebone-musculoskeletal-clinic.co.uk/f/"
     "eyJmb3JtIjoiZjBmMGYwZjAiLCJleHAiOjE3OTk5OTk5OTl9.Zx4Qw",  # 110
 }
@@ -70,7 +70,30 @@ USUAL_PARTS = {"confirmation": 2}
 
 def test_the_longest_values_are_as_long_as_the_brief_says():
     assert len(LONGEST["url"]) == 110
-    assert len(LONGEST["clinician_name"]) == 30
+    assert len(LONGEST["clinician_name"]) == 37
+
+
+# Names with accents GSM-7 lacks (Irish, Welsh, Czech): sent in their GSM-7 letters, or a
+# usual reminder would go as UCS-2 in three parts.
+ACCENTED = {"clinician_name": "Dr Siobh\u00e1n N\u00ed Bhriain"}
+
+
+@pytest.mark.parametrize(("kind", "change"), VARIANTS)
+def test_accented_names_keep_every_sms_in_gsm7_and_its_usual_parts(kind, change):
+    text = USUAL_CLINIC.sms(kind, {**USUAL, **ACCENTED, **change})
+    assert is_gsm7(text), text
+    assert sms_segments(text) == USUAL_PARTS.get(kind, 1), (len(text), text)
+    if "clinician_name" in text or kind in ("confirmation", "reminder"):
+        assert "Dr Siobhan Ni Bhriain" in text
+
+
+def test_letters_without_a_gsm7_form_keep_the_name_readable():
+    """Greek has no GSM-7 form here: kept (UCS-2 costs more parts, but the name reads)."""
+    text = USUAL_CLINIC.sms("reminder", {**USUAL, "clinician_name": "Dr \u039d\u03af\u03ba\u03b7"})
+    assert "\u039d" in text and not is_gsm7(text)
+    polish = USUAL_CLINIC.sms("reminder", {
+        **USUAL, "clinician_name": "Dr \u0141ukasz Dvo\u0159\u00e1k"})
+    assert "Dr Lukasz Dvorak" in polish and is_gsm7(polish)
 
 
 @pytest.mark.parametrize(("kind", "change"), VARIANTS)
@@ -98,8 +121,27 @@ def test_the_confirmation_says_what_where_when_and_how_to_answer():
     assert text == (
         "Riverside Foot & Joint Clinic: your Physiotherapy with Dr Amira Shah is booked for "
         "Mon 30 Nov at 10:00, 12 Riverside Walk, Bristol BS1 4SB. "
-        "Reply YES to confirm, NO to cancel. Questions? Call +441632960000"
+        "Reply YES to confirm, NO to cancel. Tel +441632960000"
     )
+
+
+def test_the_email_links_the_clinics_number_as_phones_dial_it():
+    """Written the UK way, "+44 (0)20 7946 0321" must not become tel:+44(0)20..., which
+    many phones dial as +44 0 20."""
+    _, _, html = LONGEST_CLINIC.email("reminder", LONGEST)
+    assert 'href="tel:+442079460321"' in html
+
+
+def test_a_check_in_by_email_says_how_to_answer_it():
+    """An email cannot take the score a text reply gives: it says to call, as does the email
+    standing in for a check-in SMS that could not be delivered."""
+    for kind, context in (("checkin", USUAL),
+                          ("sms_fallback", {**USUAL, "of": "checkin",
+                                            "sms_text": USUAL_CLINIC.sms("checkin", USUAL)})):
+        _, text, html = USUAL_CLINIC.email(kind, context)
+        for body in (text, html):
+            flat = " ".join(body.split())
+            assert "call us on +441632960000" in flat and "cannot take replies" in flat
 
 
 def test_times_are_shown_on_the_clinic_clock_in_summer():
@@ -185,7 +227,8 @@ def test_the_fallback_email_carries_the_undelivered_text():
 
 # Templates may use only these names: nothing that identifies the patient or what they said.
 ALLOWED_NAMES = {
-    "clinic_name", "clinic_phone", "clinic_address", "treatment_name", "clinician_name",
+    "clinic_name", "clinic_phone", "clinic_phone_uri", "clinic_address", "treatment_name",
+    "clinician_name",
     "starts_at", "previous_starts_at", "url", "cancelled_by", "sms_text",
 }
 
@@ -286,5 +329,5 @@ def test_the_texts_a_reply_can_answer_are_exactly_those_that_invite_one():
     or the check-in's score."""
     templates = Path(__file__).resolve().parents[3] / "services/notify/templates/sms"
     inviting = {path.stem for path in templates.glob("*.txt")
-                if re.search(r"Reply (YES|NO|with a number)\b", path.read_text())}
+                if re.search(r"Reply\s+(YES|NO|with\s+a\s+number)\b", path.read_text())}
     assert inviting == ASKING_FOR_A_REPLY
