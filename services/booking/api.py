@@ -193,10 +193,13 @@ def reschedule(fields, appointment_id: uuid.UUID):
 
 @api.route("/appointments/<uuid:appointment_id>/cancel", methods=["POST"])
 @api.doc(**SECURED)
-@api.arguments(CancelIn(), required=False)   # no body: "Cancelled by reception"
+@api.arguments(CancelIn(), required=False)   # no body: cancelled by reception
 @api.response(200, AppointmentOut)
 def cancel(fields, appointment_id: uuid.UUID):
-    service.cancel_appointment(_context().uow(), appointment_id, fields["reason"], "reception")
+    by = fields["cancelled_by"]
+    reason = fields["reason"] or ("Cancelled at the patient's request" if by == "patient"
+                                  else "Cancelled by reception")
+    service.cancel_appointment(_context().uow(), appointment_id, reason, by)
     return _changed(appointment_id)
 
 

@@ -267,8 +267,13 @@ class RescheduleIn(Requesting):
 
 
 class CancelIn(Requesting):
-    reason = Text(load_default="Cancelled by reception",
-                           validate=validate.Length(1, 500))
+    # Who asked: "patient" when the patient phoned or came to the desk to cancel (their text
+    # then says "as you asked"), "reception" when the clinic had to (it apologises).
+    cancelled_by = fields.String(load_default="reception",
+                                 validate=validate.OneOf(CANCELLED_BY))
+    reason = Text(load_default=None, validate=validate.Length(1, 500), metadata={
+        "description": "defaults to 'Cancelled by reception' or 'Cancelled at the patient's "
+                       "request', as cancelled_by says"})
 
 
 class AppointmentOut(Schema):

@@ -116,6 +116,26 @@ def test_a_reschedule_to_where_it_already_is_keeps_the_confirmation_and_tells_no
     assert event["type"] == "booking.appointment.rescheduled"
 
 
+def test_reception_records_a_cancellation_the_patient_asked_for_as_the_patients(booking):
+    """A patient phones to cancel: the event says the patient asked (notify then writes "as
+    you asked", not "sorry, we have had to cancel"); who asked is one of the two known."""
+    appointment = booking.book(SLOT).get_json()
+    refused = booking.post(f"/appointments/{appointment['id']}/cancel",
+                           {"cancelled_by": "clinician"})
+    assert refused.status_code == 422
+    assert "cancelled_by" in refused.get_json()["error"]["fields"]
+
+    cancelled = booking.post(f"/appointments/{appointment['id']}/cancel",
+                             {"cancelled_by": "patient"})
+
+    assert cancelled.status_code == 200
+    assert (cancelled.get_json()["cancelled_by"], cancelled.get_json()["cancel_reason"]) == (
+        "patient", "Cancelled at the patient's request")
+    data = assert_envelope(booking.events()[-1], "booking.appointment.cancelled",
+                           appointment["id"])
+    assert data["cancelled_by"] == "patient"
+
+
 def test_attended_injection_schedules_its_check_in_two_weeks_later(booking):
     appointment = booking.book(SLOT).get_json()
     booking.clock.set("2026-10-21T09:40:00+01:00")
