@@ -188,6 +188,14 @@ def reminder_times(
 SCHEDULED_KINDS = frozenset({"reminder", "form_nudge", "checkin"})
 _NEVER = datetime.max.replace(tzinfo=UTC)
 CHECKIN_LATEST = timedelta(days=7)
+# A message answering something just done (a booking, a change, a call) goes at once, even at
+# night: the patient is awake and waiting for it. Found due longer ago than this (a worker
+# outage, retries), it no longer answers anything: it keeps quiet hours, and one about a
+# coming appointment is dropped once the appointment has begun.
+AT_ONCE_GRACE = timedelta(minutes=10)
+ABOUT_THE_COMING_VISIT = frozenset({"confirmation", "rescheduled", "form_link"})
+# "Sorry we missed your call, we will ring you back": hours late it is a false promise.
+MISSED_CALL_LATEST = timedelta(hours=1)
 
 
 def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
@@ -206,7 +214,7 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
         # must not then go out in the night (a confirmation's still goes at once).
         kind = context.get("of", kind)
     if kind not in SCHEDULED_KINDS:
-        return now
+        return _at_once(kind, context, as_utc(due_at), now, quiet, tz)
     if kind == "checkin":
         latest = as_utc(due_at) + CHECKIN_LATEST
         if now >= latest:
@@ -221,3 +229,19 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
         return None
     at = place_outside_quiet_hours(now, quiet, tz, not_after=starts_at)
     return at if at >= now else None
+
+
+def _at_once(kind: str, context: dict, due_at: datetime, now: datetime,
+             quiet: QuietHours | None, tz: ZoneInfo) -> datetime | None:
+    """An at-once message: now while it still answers what the patient did (AT_ONCE_GRACE);
+    sent late, the rules of a scheduled message (`when_to_send`)."""
+    if now - due_at <= AT_ONCE_GRACE:
+        return now
+    if kind == "missed_call":
+        return now if now - due_at <= MISSED_CALL_LATEST else None
+    if kind in ABOUT_THE_COMING_VISIT and "starts_at" in context:
+        starts_at = as_utc(context["starts_at"])
+        if now >= starts_at:
+            return None                 # "Reply YES to confirm" after the start: useless
+        return max(now, place_outside_quiet_hours(now, quiet, tz, not_after=starts_at))
+    return place_outside_quiet_hours(now, quiet, tz, not_after=_NEVER)

@@ -288,3 +288,31 @@ def test_a_fallback_email_stored_before_it_named_its_sms_goes_at_once():
     night = datetime.fromisoformat("2026-12-15T02:00:00+00:00")
     assert when_to_send("sms_fallback", {"sms_text": "..."}, night, night,
                         parse_quiet_hours("21:00-08:00"), LONDON) == night
+
+
+@pytest.mark.parametrize("kind, context, late, expected", [
+    # On time, at night: it answers what the patient just did.
+    ("confirmation", {"starts_at": "2026-12-16T10:00:00+00:00"}, timedelta(minutes=5),
+     "2026-12-15T02:00:00+00:00"),
+    # Found due hours late (a worker outage) at 02:00: the morning, before the appointment.
+    ("confirmation", {"starts_at": "2026-12-15T10:00:00+00:00"}, timedelta(hours=3),
+     "2026-12-15T08:00:00+00:00"),
+    ("form_link", {"starts_at": "2026-12-15T10:00:00+00:00"}, timedelta(hours=3),
+     "2026-12-15T08:00:00+00:00"),
+    # ... after the appointment began: "Reply YES to confirm" is of no use any more.
+    ("confirmation", {"starts_at": "2026-12-15T01:30:00+00:00"}, timedelta(hours=3), None),
+    ("rescheduled", {"starts_at": "2026-12-15T01:30:00+00:00"}, timedelta(hours=3), None),
+    # A cancellation notice keeps quiet hours when late, and still goes.
+    ("cancelled", {"starts_at": "2026-12-15T01:30:00+00:00"}, timedelta(hours=3),
+     "2026-12-15T08:00:00+00:00"),
+    # "We will ring you back": within the hour, or not at all.
+    ("missed_call", {}, timedelta(minutes=40), "2026-12-15T02:00:00+00:00"),
+    ("missed_call", {}, timedelta(hours=2), None),
+])
+def test_an_at_once_message_sent_late_follows_the_rules_of_a_scheduled_one(
+        kind, context, late, expected):
+    from services.notify.model.schedule import when_to_send
+    night = datetime.fromisoformat("2026-12-15T02:00:00+00:00")
+    at = when_to_send(kind, context, night - late, night, parse_quiet_hours("21:00-08:00"),
+                      LONDON)
+    assert at == (datetime.fromisoformat(expected) if expected else None)
