@@ -276,6 +276,27 @@ class MessageRepository:
                        messages.c.channel == "sms")
         return held
 
+    def checkins_by_email_instead(self, phone: str) -> int:
+        """STOP: a check-in waiting to go by SMS to this number goes by email instead, at its
+        time, to a patient who agreed to email (the SMS is then cancelled as opted out). It
+        is the one message that goes by one channel only, and the clinic's follow-up after an
+        injection must not be lost to a STOP meant for reminders. How many."""
+        waiting = self._c.execute(sa.select(messages).where(
+            messages.c.to_address == phone, messages.c.channel == "sms",
+            messages.c.kind == "checkin", messages.c.status == PENDING)).all()
+        moved = 0
+        for row in waiting:
+            contact = self._c.execute(sa.select(contacts).where(
+                contacts.c.patient_id == row.patient_id)).first() if row.patient_id else None
+            if contact is None or not contact.email_ok or not contact.email:
+                continue
+            moved += self.schedule(PlannedMessage(
+                kind="checkin", channel="email", to=contact.email, due_at=row.due_at,
+                appointment_id=row.appointment_id, patient_id=row.patient_id,
+                context=json.loads(row.context),
+                dedupe_key=row.dedupe_key.replace(":sms:", ":email:")))
+        return moved
+
     def last_about_an_appointment(self, phone: str):
         """The last SMS that went to this number inviting a reply
         (`model.delivery.ASKING_FOR_A_REPLY`), as (appointment_id, patient_id, kind,
@@ -714,6 +735,10 @@ class ContactRepository:
 class OptOutRepository:
     def __init__(self, connection: Connection, clock: Clock):
         self._c, self._clock = connection, clock
+
+    def is_opted_out(self, phone: str) -> bool:
+        return bool(self._c.execute(sa.select(opt_outs.c.opted_out).where(
+            opt_outs.c.phone == phone)).scalar())
 
     def set(self, phone: str, opted_out: bool) -> None:
         values = dict(opted_out=opted_out, changed_at=self._clock.now())

@@ -114,8 +114,12 @@ def on_finished(event: Event, context) -> None:
 
 
 def on_followup(event: Event, context) -> None:
+    phone = (event.data.get("contact") or {}).get("phone")
+    uow = context.uow()
+    with uow:
+        opted_out = bool(phone) and uow.opt_outs.is_opted_out(phone)
     _schedule(context, event, "notify.followup", lambda: policy.plan_followup(
-        event.data, context.clock.now(), context.quiet, context.tz))
+        event.data, context.clock.now(), context.quiet, context.tz, sms_opted_out=opted_out))
 
 
 def on_call_missed(event: Event, context) -> None:

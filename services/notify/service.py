@@ -19,6 +19,7 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
             uow.opt_outs.set(sender, intent == "opt_out")
         if intent == "opt_out":
             uow.messages.hold_for_opt_out(sender)
+            uow.messages.checkins_by_email_instead(sender)
         # What the reply answers: the appointment of the last text sent to this number. Booking
         # applies a YES or NO to that one only (docs/architecture.md, Patient replies).
         answered = uow.messages.last_about_an_appointment(sender)

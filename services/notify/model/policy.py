@@ -206,13 +206,15 @@ def form_nudge_at(starts_at: datetime, now: datetime, quiet: QuietHours | None,
 
 
 def plan_followup(
-    data: dict, now: datetime, quiet: QuietHours | None, tz: ZoneInfo
+    data: dict, now: datetime, quiet: QuietHours | None, tz: ZoneInfo,
+    sms_opted_out: bool = False,
 ) -> list[PlannedMessage]:
     """The check-in ("how is your pain, 0-10?") at its time, by SMS, else by email.
 
-    SMS first because only a text reply gives us the score; email only for patients without
-    SMS consent, so they are still asked. Unlike a reminder a check-in is still worth sending
-    a little late (an event handled after an outage), up to a week after it was due.
+    SMS first because only a text reply gives us the score; email for patients without SMS
+    consent, or whose number texted STOP, so they are still asked. Unlike a reminder a
+    check-in is still worth sending a little late (an event handled after an outage), up to a
+    week after it was due.
     """
     now = as_utc(now)
     due_at = as_utc(data["due_at"])
@@ -220,7 +222,8 @@ def plan_followup(
     if now >= latest:
         return []
     send_at = place_outside_quiet_hours(max(due_at, now), quiet, tz, not_after=latest)
-    channels = channels_for(data["contact"])[:1]
+    channels = [(channel, to) for channel, to in channels_for(data["contact"])
+                if not (channel == "sms" and sms_opted_out)][:1]
     # The follow-up's id: the score a reply gives is booking's to record against it.
     context = {"treatment_name": data["treatment"]["name"], "followup_id": data["followup_id"]}
     return _plan("checkin", data["followup_id"], channels, send_at, data, context)

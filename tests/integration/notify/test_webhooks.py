@@ -521,3 +521,45 @@ def test_a_pending_fallback_email_of_a_form_link_is_dropped_once_the_form_is_in(
                                contact=contact(email_ok=True)))
     assert notifier.rows(id=of_form.id)[0].status == "cancelled"
     assert notifier.rows(id=of_confirmation.id)[0].status == "pending"
+
+
+def _followup(notifier, due_at, email_ok=True):
+    from shared.events import Event
+    appointment_id, followup_id = new_id(), new_id()
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=appointment_id, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": appointment_id,
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": due_at.isoformat(),
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact(email_ok=email_ok)}))
+
+
+@pytest.mark.parametrize("stop_first", [True, False], ids=["STOP, then planned",
+                                                             "planned, then STOP"])
+def test_a_patient_who_texted_stop_gets_the_check_in_by_email(notifier, client, stop_first):
+    """The check-in goes by one channel, SMS first: after a STOP (meant, say, for the
+    reminders) a patient who agreed to email is still asked how the pain is, by email, at the
+    check-in's time; and never by SMS."""
+    due = notifier.clock.now() + timedelta(days=14)
+    if stop_first:
+        reply(notifier, client, "STOP")
+    _followup(notifier, due)
+    if not stop_first:
+        reply(notifier, client, "STOP")
+    notifier.clock.set(due)
+    notifier.dispatch()
+    assert not [m for m in notifier.sms_to() if "how is your pain" in m["body"]]
+    [mail] = notifier.smtp.messages_to(EMAIL)
+    assert "How is your pain" in mail.get_body(("plain",)).get_content()
+    assert {(r.channel, r.status) for r in notifier.rows(kind="checkin")} <= {
+        ("sms", "cancelled"), ("email", "sent")}
+
+
+def test_without_email_consent_a_stop_leaves_no_check_in(notifier, client):
+    due = notifier.clock.now() + timedelta(days=14)
+    _followup(notifier, due, email_ok=False)
+    reply(notifier, client, "STOP")
+    notifier.clock.set(due)
+    notifier.dispatch()
+    assert notifier.smtp.messages == [] and notifier.sms_to() == []
