@@ -81,7 +81,8 @@ class DueSignal:
     default, one process): a short poll.
     """
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, recheck_seconds: float = RECHECK_SECONDS):
+        self._recheck_seconds = recheck_seconds
         self._conninfo = None
         if engine.dialect.name == "postgresql":
             url = engine.url.set(drivername="postgresql")
@@ -99,7 +100,7 @@ class DueSignal:
                 self._connection.execute(f'LISTEN "{DUE_CHANNEL}"')
                 return              # look once more: a commit may have come before LISTEN
             ready, _, _ = select.select([self._connection.fileno()], [], [],
-                                        min(timeout, RECHECK_SECONDS))
+                                        min(timeout, self._recheck_seconds))
             if ready:
                 for _ in self._connection.notifies(timeout=0):
                     pass
@@ -125,6 +126,9 @@ class Scheduler:
 
     context: object            # NotifyContext: uow(), clock, texts, sms, email, config
     lease: timedelta | None = None
+    # Handlers wake it only for a message due within RECHECK_SECONDS (handlers._store), so
+    # anything else is for tests: a longer one proves that a NOTIFY, not the re-check, woke it.
+    recheck_seconds: float = RECHECK_SECONDS
 
     def __post_init__(self) -> None:
         self.lease = self.lease or timedelta(seconds=self.context.config.notify_lease_seconds)
@@ -142,7 +146,7 @@ class Scheduler:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        signal = DueSignal(self.context.engine)
+        signal = DueSignal(self.context.engine, self.recheck_seconds)
         failures = 0
         concurrency = self.context.config.notify_send_concurrency
         if concurrency > 1:

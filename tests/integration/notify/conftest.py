@@ -106,8 +106,10 @@ def notifier(postgres_url, notifier_settings):
     engine = make_engine(postgres_url)
     upgrade(engine, "notify")
     config = notifier_config(database_urls={"notify": postgres_url}, **notifier_settings)
+    # Only the account's number may send, as at Twilio: a text from any other is refused.
     with FakeTwilio(config.twilio_account_sid, config.twilio_auth_token, clock=clock,
-                    invalid_numbers={"+447400999999"}) as twilio, FakeSmtp() as smtp:
+                    invalid_numbers={"+447400999999"},
+                    from_numbers={CLINIC_NUMBER}) as twilio, FakeSmtp() as smtp:
         sms = TwilioSms(config.twilio_account_sid, config.twilio_auth_token,
                         from_number=CLINIC_NUMBER, api_base_url=twilio.base_url, timeout=3)
         email = SmtpEmail(host=smtp.host, port=smtp.port, sender=config.email_from)

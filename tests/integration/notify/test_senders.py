@@ -26,7 +26,8 @@ from shared.config import Config
 from tests.fakes.smtp import FakeSmtp, free_port
 from tests.fakes.twilio_api import FakeTwilio, sms_segments
 
-CLINIC = "+441632960001"
+CLINIC = "+441632960001"                # the account's one SMS number
+CLINIC_PHONE = "+441632960000"          # the clinic's own line: not a Twilio number
 PATIENT = "+447700900001"
 OTHER_PATIENT = "+447700900002"
 INVALID = "+447700900666"
@@ -43,7 +44,8 @@ def now() -> datetime:
 @pytest.fixture
 def twilio():
     with FakeTwilio(
-        invalid_numbers={INVALID}, unsubscribed={UNSUBSCRIBED}, landlines={LANDLINE}
+        invalid_numbers={INVALID}, unsubscribed={UNSUBSCRIBED}, landlines={LANDLINE},
+        from_numbers={CLINIC},
     ) as fake:
         yield fake
 
@@ -196,6 +198,15 @@ class TestTwilioSms:
         assert refused.value.code == code and refused.value.http_status == 400
         if to:
             assert to not in str(refused.value)  # error texts end up in logs: no numbers
+        assert twilio.messages == []
+
+    def test_a_from_number_that_is_not_the_accounts_is_refused_for_good(self, twilio):
+        with TwilioSms(
+            twilio.account_sid, twilio.auth_token, from_number=CLINIC_PHONE,
+            api_base_url=twilio.base_url,
+        ) as sms, pytest.raises(PermanentSendError) as refused:
+            sms.send_sms(PATIENT, "Hello", CALLBACK)
+        assert refused.value.code == 21606 and refused.value.http_status == 400
         assert twilio.messages == []
 
     def test_a_slow_answer_times_out_as_maybe_sent_and_find_sent_recovers_it(self, twilio):
@@ -512,6 +523,28 @@ class TestBuiltFromConfig:
         )
         with build_sms_sender(config) as sms:
             sms.send_sms(PATIENT, "Hello", CALLBACK)
+        assert twilio.sms_count(PATIENT) == 1
+
+    @pytest.mark.parametrize(
+        "sender, form",
+        [({"twilio_from_number": CLINIC}, {"From": CLINIC}),
+         ({"twilio_messaging_service_sid": MESSAGING_SERVICE},
+          {"MessagingServiceSid": MESSAGING_SERVICE})],
+        ids=["TWILIO_FROM_NUMBER", "TWILIO_MESSAGING_SERVICE_SID"],
+    )
+    def test_twilio_backend_sends_as_the_configured_sender(self, twilio, sender, form):
+        """The one sender set, and nothing else: not the clinic's own line, and no `From`
+        beside a messaging service (the service picks the number from its pool)."""
+        config = Config(
+            sms_backend="twilio", twilio_account_sid=twilio.account_sid,
+            twilio_auth_token=twilio.auth_token, twilio_api_base_url=twilio.base_url,
+            clinic_phone=CLINIC_PHONE, **sender,
+        )
+        with build_sms_sender(config) as sms:
+            sms.send_sms(PATIENT, "Hello", CALLBACK)
+        [request] = twilio.requests
+        assert request["form"] == {"To": PATIENT, "Body": "Hello", "StatusCallback": CALLBACK,
+                                   **form}
         assert twilio.sms_count(PATIENT) == 1
 
     def test_smtp_backend_sends_from_email_from(self, smtp):
