@@ -18,6 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import _unavailable
+
 REPO = Path(__file__).parents[2]
 CONTRACT = REPO.parent / "shared" / "CONTRACT.md"
 COMPOSE = REPO / "docker-compose.yml"
@@ -94,7 +96,7 @@ def all_commands() -> dict[str, list[str]]:
 
 def contract_text() -> str:
     if not CONTRACT.exists():
-        pytest.skip(f"{CONTRACT} not found (shared/ is not beside the repository)")
+        _unavailable(f"{CONTRACT} not found (shared/ is not beside the repository)")
     return CONTRACT.read_text()
 
 
@@ -210,11 +212,11 @@ def test_every_service_gets_a_web_process_and_a_worker():
 def clinic_executable() -> Path:
     cli = REPO / "services" / "cli.py"
     if not (cli.exists() or cli.with_suffix("").is_dir()):
-        pytest.skip("services/cli.py (the `clinic` command) is not written yet")
+        _unavailable("services/cli.py (the `clinic` command) is not written yet")
     for candidate in (Path(sys.executable).with_name("clinic"), REPO / ".venv" / "bin" / "clinic"):
         if candidate.exists():
             return candidate
-    pytest.skip("the `clinic` console script is not installed yet")
+    _unavailable("the `clinic` console script is not installed yet")
 
 
 @pytest.mark.parametrize("argv", sorted({tuple(a[1:3]) for a in all_commands().values()}))

@@ -36,6 +36,23 @@ def book(notifier, appointment_id=None, starts_at=STARTS, **extra):
     return appointment_id, event
 
 
+def _eventually(predicate, what: str, timeout: float = 10.0) -> None:
+    """Until `predicate` holds; a test that gives up waiting fails, saying for what, rather
+    than going on to check a situation it never set up."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.01)
+
+
+def _next_sms_slot(notifier) -> datetime | None:
+    """The SMS cap's next free slot as the database holds it (None before any SMS)."""
+    from services.notify.db import rate_limits
+    with notifier.engine.connect() as connection:
+        return connection.execute(sa.select(rate_limits.c.next_slot_at).where(
+            rate_limits.c.name == "sms")).scalar()
+
+
 def test_migrations_create_exactly_the_tables_the_code_uses(notifier):
     with notifier.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
@@ -108,8 +125,8 @@ def test_a_booking_handled_after_its_cancellation_sends_nothing(notifier):
     notifier.handle(appointment_event("booked", appointment_id, STARTS, booked_at))
     notifier.clock.set("2026-11-30T09:00:00+00:00")
     notifier.dispatch()
-    assert [m["body"] for m in notifier.sms_to()] == [
-        m["body"] for m in notifier.sms_to() if "as you asked" in m["body"]]
+    [notice] = notifier.sms_to()                         # the cancellation's, and only that
+    assert "as you asked" in notice["body"], notice["body"]
     assert notifier.rows(kind="reminder") == [] and notifier.rows(kind="confirmation") == []
 
 
@@ -502,11 +519,25 @@ def test_an_incomplete_form_gets_one_nudge(notifier):
     assert ["still needed" in m["body"] for m in notifier.sms_to()] == [False, True]
 
 
+class RecordsArrivals:
+    """FakeTwilio's clock, noting the instant (monotonic) each message it creates arrives."""
+
+    def __init__(self, clock):
+        self.clock, self.instants = clock, []
+
+    def now(self):
+        self.instants.append(time.monotonic())
+        return self.clock.now()
+
+
 def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(notifier):
     """Eight sends in flight against a Twilio answering in 50 ms, under a cap of 20 a second:
-    every SMS once, and 30 of them take at least the 29 intervals of 1/20 s the cap allows
-    (a lower bound: a slow machine only makes it longer)."""
+    every SMS once, each taking its own slot of the cap (the cap's row moved on by 30
+    intervals of 1/20 s, none shared, none skipped), and each waiting for it: the k-th to
+    reach Twilio came no sooner than k intervals after the worker started (a lower bound,
+    which a slow machine only exceeds by more)."""
     notifier.twilio.delay = 0.05
+    arrivals = notifier.twilio.clock = RecordsArrivals(notifier.twilio.clock)
     for n in range(30):
         book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
              contact=contact(phone=f"+4474003{n:05d}", email_ok=False))
@@ -514,21 +545,27 @@ def test_a_worker_sending_several_at_once_sends_each_once_and_keeps_the_cap(noti
     scheduler = notifier.scheduler()
     scheduler.context = dataclasses.replace(notifier.context, config=config)
     scheduler.__post_init__()
+    assert _next_sms_slot(notifier) is None         # no SMS yet: the first slot is now
+    first_slot = notifier.clock.now()
     stop = threading.Event()
     worker = threading.Thread(target=scheduler.run, args=(stop,))
     started = time.monotonic()
     worker.start()
     try:
-        deadline = started + 30
-        while len(notifier.twilio.messages) < 30 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        took = time.monotonic() - started
+        _eventually(lambda: len(notifier.twilio.messages) >= 30, "30 SMS at Twilio", 30)
     finally:
         stop.set()
         worker.join(30)
     phones = [m["to"] for m in notifier.twilio.messages]
     assert len(phones) == 30 and len(set(phones)) == 30
-    assert took >= 29 * 0.05
+    interval = scheduler.interval
+    moved = _next_sms_slot(notifier) - first_slot
+    assert moved == len(phones) * interval, moved
+    instants = sorted(arrivals.instants)
+    assert len(instants) == len(phones)
+    early = [(k, round(at - started, 3)) for k, at in enumerate(instants)
+             if at - started < k * interval.total_seconds()]
+    assert early == [], "SMS that reached Twilio before their slot (k, seconds in)"
 
 
 def test_history_is_pruned_and_what_is_still_to_send_is_kept(notifier):
@@ -567,20 +604,29 @@ def test_moved_and_moved_back_keeps_the_reminders(notifier):
 
 
 def test_a_cancellation_while_an_sms_waits_for_its_slot_stops_it(notifier):
+    """Other workers' SMS hold the cap's next second: the reminder's sender takes the slot
+    after them and waits for it, and the cancellation comes during that wait (once the
+    database shows the slot taken). The send, not yet begun, finds the message cancelled
+    and nothing goes."""
     from services.notify.db import rate_limits
     appointment_id, scheduler, reminder = _reminder_claimed(notifier)
+    queued_until = notifier.clock.now() + timedelta(seconds=1)
     with notifier.context.uow() as uow:
         uow.connection.execute(rate_limits.delete())     # other workers' SMS queued first
-        uow.connection.execute(rate_limits.insert().values(
-            name="sms", next_slot_at=uow.clock.now() + timedelta(seconds=1)))
+        uow.connection.execute(rate_limits.insert().values(name="sms",
+                                                           next_slot_at=queued_until))
         uow.commit()
     sending = threading.Thread(target=scheduler.deliver, args=(reminder,))
     sending.start()
-    time.sleep(0.3)
+    _eventually(lambda: _next_sms_slot(notifier) > queued_until,
+                "the reminder's sender to take its slot")
     notifier.handle(appointment_event("cancelled", appointment_id, STARTS, notifier.clock.now()))
     sending.join(10)
+    assert not sending.is_alive()
     assert not any("reminder" in m["body"] for m in notifier.sms_to())
-    assert notifier.rows(id=reminder.id)[0].status == "cancelled"
+    [row] = notifier.rows(id=reminder.id)
+    # Never begun: the cancellation landed during the wait, the interleaving meant here.
+    assert (row.status, row.sending_at) == ("cancelled", None)
 
 
 class LeaseOutlivingEmail:
@@ -785,22 +831,29 @@ def test_a_cancellation_racing_the_start_of_a_send_withdraws_it(notifier):
     MessageRepository(starting, notifier.clock).begin_send(claimed.id, token, LEASE)
     cancelling = notifier.engine.connect()
     cancelled_pid = cancelling.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    reason = "cancelled"
     worker = threading.Thread(target=lambda: MessageRepository(
-        cancelling, notifier.clock).cancel_pending(appointment_id, None, "cancelled"))
+        cancelling, notifier.clock).cancel_pending(appointment_id, None, reason))
     worker.start()
-    deadline = time.monotonic() + 10
-    with notifier.engine.connect() as watcher:      # until the cancellation waits on the row
-        while not watcher.exec_driver_sql(
+
+    def cancellation_waits_on_the_row() -> bool:
+        with notifier.engine.connect() as watcher:
+            return bool(watcher.exec_driver_sql(
                 "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %(pid)s",
-                {"pid": cancelled_pid}).scalar() and time.monotonic() < deadline:
-            time.sleep(0.02)
+                {"pid": cancelled_pid}).scalar())
+    _eventually(cancellation_waits_on_the_row, "the cancellation to wait on the row's lock")
     starting.commit()
     worker.join(10)
+    assert not worker.is_alive()
     cancelling.commit()
     starting.close()
     cancelling.close()
     [row] = notifier.rows(id=claimed.id)
-    assert row.status == "cancelled" or row.withdrawn is not None, (row.status, row.withdrawn)
+    assert (row.status, row.withdrawn) == ("sending", reason)       # begun, so withdrawn
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()                      # recovery: Twilio's list shows it never went
+    assert notifier.sms_to() == []
+    assert notifier.rows(id=claimed.id)[0].status == "cancelled"
 
 
 def test_recovery_does_not_take_a_relatives_identical_text_for_the_one_in_doubt(notifier):
