@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: run test test-fast bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "clinic-events needs Python 3.11 or later; this is " + sys.version.split()[0] + ": run make with PYTHON=python3.11 (or later)")'
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)

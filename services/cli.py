@@ -55,10 +55,11 @@ def cmd_worker(args) -> int:
 
 def cmd_db_upgrade(args) -> int:
     from shared.db import make_engine
-    from shared.migrations import upgrade
+    from shared.migrations import upgrade, wait_for_database
     config = _config()
     for service in [args.service] if args.service else SERVICES:
         engine = make_engine(config.database_url(service))
+        wait_for_database(engine)
         upgrade(engine, service)
         engine.dispose()
         print(f"{service}: database at head")

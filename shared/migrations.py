@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 
 def alembic_config(service: str, connection: sa.Connection | None = None) -> AlembicConfig:
@@ -18,6 +19,17 @@ def alembic_config(service: str, connection: sa.Connection | None = None) -> Ale
     config.attributes["service"] = service
     config.attributes["connection"] = connection
     return config
+
+
+def wait_for_database(engine: sa.Engine, seconds: float = 60.0) -> None:
+    """Until the database accepts a connection, for up to `seconds`: a migration started with
+    its database (compose, a fresh cluster) must not fail because the server was still
+    initialising, which it reports as a refused connection."""
+    def connect() -> None:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    Retrying(retry=retry_if_exception_type(sa.exc.OperationalError),
+             stop=stop_after_delay(seconds), wait=wait_fixed(1), reraise=True)(connect)
 
 
 def upgrade(engine: sa.Engine, service: str, revision: str = "head") -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import flask_smorest
 import marshmallow as ma
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from kombu import Connection
@@ -29,6 +30,7 @@ from shared.db import SharedTables
 from shared.errors import ClinicError
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
+from shared.migrations import alembic_config
 
 log = get_logger("web")
 
@@ -278,7 +280,8 @@ def create_service_app(service: str, config: Config, engine: sa.Engine, tables: 
     app.extensions["clinic_metrics"] = metrics
     metrics.instrument(app)
     _register_errors(app)
-    app.register_blueprint(_operations(engine, BrokerProbe(config.amqp_url), metrics))
+    app.register_blueprint(_operations(engine, BrokerProbe(config.amqp_url), metrics,
+                                       SchemaCheck(service)))
     return app, api
 
 
@@ -307,19 +310,55 @@ def _register_errors(app: Flask) -> None:
         return json_error(500, "internal", "Internal error")
 
 
-def _operations(engine: sa.Engine, broker_ok: BrokerProbe, metrics: ServiceMetrics) -> Blueprint:
+class SchemaCheck:
+    """Whether the service's database has this code's schema (its Alembic head) or a newer
+    one: a rollout whose migration did not run, or ran an older image, must not serve (new
+    code on the old tables fails request by request). A newer schema is fine: during a rolling
+    update the old pods keep serving on the new, backward-compatible tables."""
+
+    def __init__(self, service: str):
+        scripts = ScriptDirectory.from_config(alembic_config(service))
+        self._head = scripts.get_current_head()
+        self._older = {revision.revision for revision in scripts.walk_revisions()} - {
+            self._head}
+
+    def __call__(self, connection: sa.Connection) -> bool:
+        try:
+            versions = set(connection.execute(
+                sa.text("SELECT version_num FROM alembic_version")).scalars())
+        except sa.exc.ProgrammingError:     # never migrated: no version table at all
+            return False
+        except sa.exc.OperationalError:
+            if connection.dialect.name == "sqlite":    # SQLite: "no such table"
+                return False
+            raise
+        return bool(versions) and not versions & self._older
+
+
+def _operations(engine: sa.Engine, broker_ok: BrokerProbe, metrics: ServiceMetrics,
+                schema_ok: SchemaCheck) -> Blueprint:
     blueprint = Blueprint("operations", __name__)
 
     @blueprint.get("/healthz")
     def healthz():
         return jsonify({"status": "ok"})
 
-    @blueprint.get("/readyz")
-    def readyz():
-        checks = {"database": _database_ok(engine), "broker": broker_ok()}
+    def _ready(checks: dict):
         status = 200 if all(checks.values()) else 503
         return jsonify({"status": "ready" if status == 200 else "unavailable",
                         "checks": checks}), status
+
+    @blueprint.get("/readyz")
+    def readyz():
+        return _ready({**_database_checks(engine, schema_ok), "broker": broker_ok()})
+
+    @blueprint.get("/readyz/database")
+    def ready_to_serve():
+        """The web process's readiness probe: requests need the database only (a change's
+        event waits in the outbox while the broker is away), so a broker restart must not
+        take the API and the patients' webhooks out of service. `/readyz` (the contract's)
+        also asks for the broker, which the workers need."""
+        return _ready(_database_checks(engine, schema_ok))
 
     @blueprint.get("/metrics")
     def metrics_view():
@@ -329,10 +368,9 @@ def _operations(engine: sa.Engine, broker_ok: BrokerProbe, metrics: ServiceMetri
     return blueprint
 
 
-def _database_ok(engine: sa.Engine) -> bool:
+def _database_checks(engine: sa.Engine, schema_ok: SchemaCheck) -> dict[str, bool]:
     try:
         with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-        return True
+            return {"database": True, "schema": schema_ok(connection)}
     except sa.exc.SQLAlchemyError:
-        return False
+        return {"database": False, "schema": False}

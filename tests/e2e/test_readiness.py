@@ -24,7 +24,11 @@ def test_serve_answers_healthz_but_not_readyz_while_a_dependency_is_unreachable(
     ready = server.get("/readyz")
     assert ready.status_code == 503
     checks = ready.json()["checks"]
-    assert checks == {"database": away != "database", "broker": away != "broker"}
+    assert checks == {"database": away != "database", "schema": away != "database",
+                      "broker": away != "broker"}
+    # The web probe's readiness asks for the database alone: a broker away leaves it serving.
+    serving = server.get("/readyz/database")
+    assert serving.status_code == (503 if away == "database" else 200)
     if away == "database":
         # The staff check itself needs the database: a clear 503, not a 500 or a hang.
         refused = server.get("/api/v1/clinicians", headers={"Authorization": "Bearer ct_any"})

@@ -25,7 +25,7 @@ CONTRACT = REPO.parent / "shared" / "CONTRACT.md"
 COMPOSE = REPO / "docker-compose.yml"
 K8S = REPO / "deploy" / "k8s"
 SECRET_TEMPLATE = K8S / "secret.template.yaml"
-MIGRATION_JOB = K8S / "db-upgrade-job.yaml"
+MIGRATION_JOB = K8S / "migrate" / "db-upgrade-job.yaml"
 
 SERVICES = ("booking", "forms", "notify")
 ROLES = ("reception", "clinician", "admin")
@@ -51,7 +51,7 @@ def load_compose() -> dict:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def manifests() -> Iterator[tuple[Path, dict]]:
@@ -371,7 +371,7 @@ def test_manifest_matches_the_kubernetes_schema(path, version):
 
 def test_kustomization_applies_everything_but_the_secret_template_and_the_job():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    expected = {p.name for p in manifest_files()} - {SECRET_TEMPLATE.name, MIGRATION_JOB.name}
+    expected = {p.name for p in manifest_files() if p.parent == K8S} - {SECRET_TEMPLATE.name}
     assert set(kustomization["resources"]) == expected
     assert kustomization["namespace"] == "clinic-events"
 
@@ -386,7 +386,10 @@ def test_web_deployments_probe_healthz_and_readyz_on_the_served_port():
         assert args[args.index("--host") + 1] == "0.0.0.0"
         assert container["ports"] == [{"name": "http", "containerPort": port}]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        # Ready with its database (migrated to this image's schema); the broker is the
+        # workers' concern, and a web pod serves while it is away (the outbox holds events).
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz/database",
+                                                          "port": "http"}
         env = {e["name"]: e["value"] for e in container["env"]}
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
@@ -450,3 +453,47 @@ def test_pods_run_as_non_root_without_privileges():
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_migration_job_runs_the_image_the_release_rolls_out():
+    """Applied through its own kustomization with the same `images:` as the processes':
+    with -f, the Job ran the image written in it, and the new code started on old tables."""
+    main = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    migrate = yaml.safe_load((MIGRATION_JOB.parent / "kustomization.yaml").read_text())
+    assert migrate["resources"] == [MIGRATION_JOB.name]
+    assert migrate["images"] == main["images"]
+    assert migrate["namespace"] == main["namespace"]
+    assert "apply -k deploy/k8s/migrate" in (REPO / "deploy" / "README.md").read_text()
+
+
+def _gunicorn_graceful_seconds() -> int:
+    source = (REPO / "shared" / "server.py").read_text()
+    return int(re.search(r'"graceful_timeout": (\d+)', source).group(1))
+
+
+def test_web_pods_stop_serving_gracefully_within_their_grace_period():
+    """A wait before SIGTERM (the Service stops routing here meanwhile), then gunicorn's
+    graceful stop, all inside the grace period; and gunicorn's processes set, not one per
+    CPU of the node."""
+    config = next(d for d in manifests_of("ConfigMap"))["data"]
+    assert config["WEB_CONCURRENCY"] == "2" and config["WEB_THREADS"] == "2"
+    for deployment in manifests_of("Deployment"):
+        if not deployment["metadata"]["name"].endswith("-web"):
+            continue
+        (container,) = pod_containers(deployment)
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert int(command[1]) + _gunicorn_graceful_seconds() < grace
+
+
+def test_compose_waits_for_postgres_over_tcp_and_stops_web_gracefully():
+    """While the postgres image initialises an empty volume it listens on its Unix socket
+    only: a socket check passed before `migrate` could connect."""
+    services = load_compose()["services"]
+    test = services["postgres"]["healthcheck"]["test"]
+    assert test[test.index("-h") + 1] == "127.0.0.1"
+    for service in SERVICES:
+        web = services[f"{service}-web"]
+        assert int(web["stop_grace_period"].rstrip("s")) > _gunicorn_graceful_seconds()
+        assert web["environment"]["WEB_CONCURRENCY"] == "2"

@@ -12,7 +12,8 @@ from shared.web import create_token
 # Public by design (contract, "HTTP"): probes, metrics, the API description, Flask's static
 # files, and webhooks, which authenticate by signature instead of a staff token.
 PUBLIC_RULES = {
-    "/healthz", "/readyz", "/metrics", "/openapi.json", "/static/<path:filename>",
+    "/healthz", "/readyz", "/readyz/database", "/metrics", "/openapi.json",
+    "/static/<path:filename>",
     "/webhooks/phone", "/webhooks/twilio/voice",
 }
 ANONYMOUS_HEADERS = {
