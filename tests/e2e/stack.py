@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -165,6 +165,19 @@ class Clinic:
             if process.alive() or not process._log.closed:
                 process.stop()
 
+    def logs_containing(self, secrets: Iterable[str]) -> list[str]:
+        """`process: secret` for each secret found in a process's log, whatever its case, as
+        written or as a JSON string carries it (escaped quotes, newlines, non-ASCII letters)."""
+        found = []
+        for process in self.processes:
+            text = process.log().casefold()
+            for secret in secrets:
+                forms = {secret, json.dumps(secret)[1:-1],
+                         json.dumps(secret, ensure_ascii=False)[1:-1]}
+                if any(form.casefold() in text for form in forms):
+                    found.append(f"{process.name}: {secret!r}")
+        return found
+
     def log_report(self) -> str:
         parts = []
         for process in self.processes:
@@ -222,6 +235,19 @@ class BookingApi:
 
     def appointment(self, appointment_id: str) -> dict:
         return self._call("GET", f"/appointments/{appointment_id}", 200)
+
+
+def personal_details(patient: dict) -> list[str]:
+    """What issue 3 keeps out of every log, for a patient as booking answers
+    `register_patient`: names, date of birth, address, and the phone in each way it is
+    written (as reception typed it, E.164, and its bare digits)."""
+    phone = patient["phone"]
+    assert phone.startswith("+44"), phone
+    national = "0" + phone[3:]
+    address = patient["address"]
+    return [patient["given_name"], patient["family_name"], patient["date_of_birth"],
+            address["line1"], address["postcode"], address["postcode"].replace(" ", ""),
+            phone, national, f"{national[:5]} {national[5:]}", phone[3:]]
 
 
 def slots(count: int, first_day: date | None = None) -> list[datetime]:

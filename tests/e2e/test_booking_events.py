@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.e2e.stack import slots, utc_rfc3339
+from tests.e2e.stack import personal_details, slots, utc_rfc3339
 
 APPOINTMENT_EVENTS = ("booking.appointment.booked", "booking.appointment.rescheduled",
                       "booking.appointment.cancelled")
@@ -54,3 +54,8 @@ def test_reception_books_reschedules_and_cancels_and_each_change_is_announced(bo
     assert cancelled_event["reason"] == "Patient unwell"
     assert cancelled_event["cancelled_by"] == "reception"
     assert len({r.event_id for r in ours}) == 3
+
+    # Logs carry ids, never the patient's details (issue 3): every process's whole log,
+    # read once they have stopped, so nothing is still to be written.
+    booking.clinic.stop_all()
+    assert booking.clinic.logs_containing(personal_details(patient)) == []

@@ -4,6 +4,7 @@ reports the broker, which the API itself never needs (events wait in the outbox)
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -93,19 +94,80 @@ def test_a_database_lost_mid_life_refuses_writes_and_saves_nothing(pg_booking, a
     assert pg_booking.counts() == before
 
 
+# The writes of a booking with an Idempotency-Key, in the order its transaction makes them
+# (services/booking/service.py book_appointment): the key's claim first, its answer last.
+BOOKING_WRITES = ("INSERT INTO idempotency_keys", "INSERT INTO appointments",
+                  "INSERT INTO outbox", "UPDATE idempotency_keys")
+
+
+@pytest.mark.parametrize("cut_after", BOOKING_WRITES)
+def test_a_database_lost_partway_through_a_booking_leaves_no_part_of_it(pg_booking, app_on,
+                                                                        relay, cut_after):
+    """The connection is cut after one of the booking transaction's writes has been made on
+    the server, before its commit: whatever it had written goes with it, and the client is
+    told nothing was saved. A retry with the same key, once the database is back, books."""
+    database = sa.make_url(str(pg_booking.engine.url)).database
+    app = app_on(f"postgresql+psycopg://postgres@127.0.0.1:{relay.port}/{database}",
+                  pg_booking.clock)
+    cut: dict[str, object] = {}
+
+    def cut_the_relay(connection, _cursor, statement, *_):
+        if cut or not statement.startswith(cut_after):
+            return
+        backend = connection.connection.driver_connection.info.backend_pid
+        with pg_booking.engine.connect() as observer:   # straight to PostgreSQL, not relayed
+            cut["backend"] = backend
+            cut["state"] = tuple(observer.execute(sa.text(
+                "SELECT state, backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": backend}).one())
+        relay.cut()
+
+    sa.event.listen(app.extensions["clinic"].engine, "after_cursor_execute", cut_the_relay)
+    client = app.test_client()
+    before = pg_booking.counts()
+    request = {"patient_id": pg_booking.patient_id, "clinician_id": str(pg_booking.shah),
+               "treatment_code": "TPI", "starts_at": "2026-10-21T10:00:00+01:00"}
+    key = {"Idempotency-Key": f"lost-{cut_after.split()[-1]}"}
+
+    _assert_unavailable(client.post("/api/v1/appointments", json=request,
+                                    headers={**pg_booking.admin, **key}))
+
+    # The cut came mid-transaction: the write was made on the server and not committed.
+    assert cut.get("state") == ("idle in transaction", True), cut
+    # The server has ended that session (rolling its transaction back): nothing it wrote can
+    # still be waiting to commit when the rows are counted.
+    deadline = time.monotonic() + 30
+    while _backend_alive(pg_booking.engine, cut["backend"]):
+        assert time.monotonic() < deadline, "the cut session is still open on the server"
+        time.sleep(0.05)
+    assert pg_booking.counts() == before
+
+    retried = pg_booking.book(request["starts_at"], headers=key)
+    assert retried.status_code == 201, retried.get_json()
+    after = pg_booking.counts()
+    for table in ("appointments", "outbox", "idempotency_keys"):
+        assert after[table] == before[table] + 1, (table, before, after)
+
+
+def _backend_alive(engine: sa.Engine, pid: int) -> bool:
+    with engine.connect() as connection:
+        return connection.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                                  {"pid": pid}).scalar_one() > 0
+
+
 def test_readiness_reports_the_broker_and_the_api_does_not_need_it(pg_booking, app_on,
                                                                      amqp_url):
     database = str(pg_booking.engine.url.render_as_string(hide_password=False))
     up = app_on(database, pg_booking.clock, amqp_url).test_client()
     ready = up.get("/readyz")
     assert ready.status_code == 200, ready.get_json()
-    assert ready.get_json()["checks"] == {"database": True, "broker": True}
+    assert ready.get_json()["checks"] == {"database": True, "schema": True, "broker": True}
 
     down = app_on(database, pg_booking.clock,
                   f"amqp://guest:guest@127.0.0.1:{_closed_port()}/").test_client()
     ready = down.get("/readyz")
     assert ready.status_code == 503
-    assert ready.get_json()["checks"] == {"database": True, "broker": False}
+    assert ready.get_json()["checks"] == {"database": True, "schema": True, "broker": False}
     # Booking still works: the event waits in the outbox for the relay.
     booked = down.post("/api/v1/appointments", headers=pg_booking.admin, json={
         "patient_id": pg_booking.patient_id, "clinician_id": str(pg_booking.shah),
