@@ -47,6 +47,8 @@ BatchHandler = Callable[[list[Event]], None]
 # How long a consumer holding undelivered-to-handler messages waits for one more before it
 # handles what it has: a burst fills a batch, a lone booking is barely delayed.
 BATCH_WAIT_SECONDS = 0.005
+# How long an event of a type this worker has no handler for is held before it is handed back.
+UNHANDLED_PAUSE_SECONDS = 1.0
 
 
 class Arrived(NamedTuple):
@@ -199,8 +201,10 @@ class EventConsumer(ConsumerMixin):
             return None
         if event.type not in self.handlers:
             # Bound to this queue by some version's handlers: mid-deploy, a newer worker's.
-            # Handed back for a worker that knows it, and parked at the delivery limit with
-            # the reason, never acked unhandled (an event acked here is lost for good).
+            # Handed back, after a pause that gives a worker that knows it its turn (handed
+            # back at once, it came straight back here), and parked at the delivery limit with
+            # the reason: never acked unhandled, as an event acked here is lost for good.
+            self._wait_alive(UNHANDLED_PAUSE_SECONDS)
             self._retry_or_park(message, body, event, lambda attempt: (
                 f"no handler for {event.type} in this worker's version (delivery {attempt})"))
             return None
@@ -216,8 +220,8 @@ class EventConsumer(ConsumerMixin):
         try:
             self._handle(handler, event)
         except Stopping:
-            # Not acked, requeued or parked: the closing channel hands it back, and a
-            # database outage during a shutdown uses up none of its deliveries.
+            # Not acked, requeued or parked: the closing channel hands it back (RabbitMQ may
+            # count that return), and a database outage during a shutdown parks nothing.
             return
         except Exception as error:
             log.warning("event.failed", type=event.type, event_id=event.id,

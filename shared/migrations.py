@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 
@@ -47,3 +48,28 @@ def run_migrations(context, metadata: sa.MetaData) -> None:
                       compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
+
+
+class SchemaCheck:
+    """Whether the service's database has this code's schema (its Alembic head) or a newer
+    one: a rollout whose migration did not run, or ran an older image, must not serve (new
+    code on the old tables fails request by request). A newer schema is fine: during a rolling
+    update the old pods keep serving on the new, backward-compatible tables."""
+
+    def __init__(self, service: str):
+        scripts = ScriptDirectory.from_config(alembic_config(service))
+        self._head = scripts.get_current_head()
+        self._older = {revision.revision for revision in scripts.walk_revisions()} - {
+            self._head}
+
+    def __call__(self, connection: sa.Connection) -> bool:
+        try:
+            versions = set(connection.execute(
+                sa.text("SELECT version_num FROM alembic_version")).scalars())
+        except sa.exc.ProgrammingError:     # never migrated: no version table at all
+            return False
+        except sa.exc.OperationalError:
+            if connection.dialect.name == "sqlite":    # SQLite: "no such table"
+                return False
+            raise
+        return bool(versions) and not versions & self._older

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import flask_smorest
 import marshmallow as ma
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from kombu import Connection
@@ -30,7 +29,7 @@ from shared.db import SharedTables
 from shared.errors import ClinicError
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
-from shared.migrations import alembic_config
+from shared.migrations import SchemaCheck
 
 log = get_logger("web")
 
@@ -308,31 +307,6 @@ def _register_errors(app: Flask) -> None:
                 error)
         log.exception("request.failed", path=request.path)
         return json_error(500, "internal", "Internal error")
-
-
-class SchemaCheck:
-    """Whether the service's database has this code's schema (its Alembic head) or a newer
-    one: a rollout whose migration did not run, or ran an older image, must not serve (new
-    code on the old tables fails request by request). A newer schema is fine: during a rolling
-    update the old pods keep serving on the new, backward-compatible tables."""
-
-    def __init__(self, service: str):
-        scripts = ScriptDirectory.from_config(alembic_config(service))
-        self._head = scripts.get_current_head()
-        self._older = {revision.revision for revision in scripts.walk_revisions()} - {
-            self._head}
-
-    def __call__(self, connection: sa.Connection) -> bool:
-        try:
-            versions = set(connection.execute(
-                sa.text("SELECT version_num FROM alembic_version")).scalars())
-        except sa.exc.ProgrammingError:     # never migrated: no version table at all
-            return False
-        except sa.exc.OperationalError:
-            if connection.dialect.name == "sqlite":    # SQLite: "no such table"
-                return False
-            raise
-        return bool(versions) and not versions & self._older
 
 
 def _operations(engine: sa.Engine, broker_ok: BrokerProbe, metrics: ServiceMetrics,

@@ -5,6 +5,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date
 
+import idna
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
@@ -51,8 +52,8 @@ class EmailAddress(fields.Email):
             raise ValidationError("letters with accents or in other scripts before the @ "
                                   "cannot be emailed; give another address")
         try:
-            return f"{local}@{domain.encode('idna').decode('ascii')}"
-        except UnicodeError as error:
+            return f"{local}@{idna.encode(domain, uts46=True, transitional=False).decode()}"
+        except idna.IDNAError as error:
             raise ValidationError("the domain after the @ is not a valid name") from error
 
 

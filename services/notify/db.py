@@ -20,7 +20,7 @@ from services.notify.model.delivery import (
     FINISHED_APPOINTMENT,
     SMS_FALLBACK,
 )
-from services.notify.model.policy import PlannedMessage
+from services.notify.model.policy import PlannedMessage, checkin_by_email_instead
 from shared.clock import Clock, FixedClock
 from shared.db import (
     Outbox,
@@ -66,6 +66,9 @@ messages = sa.Table(
     # Why a message whose send is begun but unresolved must not be sent after all (migration
     # 0003): set by a cancellation, a new time or a STOP that came while it was in doubt.
     sa.Column("withdrawn", sa.String(100), nullable=True),
+    # SHA-256 of the SMS text handed to the provider (migration 0004): what crash recovery
+    # looks for in Twilio's list, as a template changed since would not render it again.
+    sa.Column("sent_text_sha256", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -165,6 +168,7 @@ class ClaimedMessage:
     attempts: int
     sending_at: datetime | None
     provider_status: str | None = None
+    sent_text_sha256: str | None = None
 
 
 class MessageRepository:
@@ -276,28 +280,7 @@ class MessageRepository:
                        messages.c.channel == "sms")
         return held
 
-    def checkins_by_email_instead(self, phone: str) -> int:
-        """STOP: a check-in waiting to go by SMS to this number goes by email instead, at its
-        time, to a patient who agreed to email (the SMS is then cancelled as opted out). It
-        is the one message that goes by one channel only, and the clinic's follow-up after an
-        injection must not be lost to a STOP meant for reminders. How many."""
-        waiting = self._c.execute(sa.select(messages).where(
-            messages.c.to_address == phone, messages.c.channel == "sms",
-            messages.c.kind == "checkin", messages.c.status == PENDING)).all()
-        moved = 0
-        for row in waiting:
-            contact = self._c.execute(sa.select(contacts).where(
-                contacts.c.patient_id == row.patient_id)).first() if row.patient_id else None
-            if contact is None or not contact.email_ok or not contact.email:
-                continue
-            moved += self.schedule(PlannedMessage(
-                kind="checkin", channel="email", to=contact.email, due_at=row.due_at,
-                appointment_id=row.appointment_id, patient_id=row.patient_id,
-                context=json.loads(row.context),
-                dedupe_key=row.dedupe_key.replace(":sms:", ":email:")))
-        return moved
-
-    def last_about_an_appointment(self, phone: str):
+    def last_about_an_appointment(self, phone: str, kinds: frozenset[str] = ASKING_FOR_A_REPLY):
         """The last SMS that went to this number inviting a reply
         (`model.delivery.ASKING_FOR_A_REPLY`), as (appointment_id, patient_id, kind,
         followup_id): what a patient's reply answers,
@@ -314,7 +297,7 @@ class MessageRepository:
                 messages.c.patient_id.in_(sharing.scalar_subquery()),
                 messages.c.to_address == phone, messages.c.channel == "sms",
                 messages.c.appointment_id.is_not(None),
-                messages.c.kind.in_(sorted(ASKING_FOR_A_REPLY)),
+                messages.c.kind.in_(sorted(kinds)),
                 messages.c.status.in_((SENT, DELIVERED)))
             .order_by(messages.c.sent_at.desc()).limit(1)).first()
         if row is None:
@@ -355,18 +338,22 @@ class MessageRepository:
         self._c.execute(messages.update().where(messages.c.id == message_id).values(
             updated_at=self._clock.now(), **values))
 
-    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta) -> bool:
-        """Record, just before the provider call, that this claim is sending now.
+    def begin_send(self, message_id: uuid.UUID, token: uuid.UUID, lease: timedelta,
+                   text_sha256: str | None = None) -> bool:
+        """Record, just before the provider call, that this claim is sending now, and (SMS)
+        the digest of the text it sends.
 
-        `sending_at` bounds the provider search after a crash. False when the claim is no longer
-        ours (lease taken over) or the message was cancelled meanwhile: then nothing is sent.
+        `sending_at` bounds the provider search after a crash, and the digest is what it
+        looks for. False when the claim is no longer ours (lease taken over) or the message
+        was cancelled meanwhile: then nothing is sent.
         """
         now = self._clock.now()
         return self._c.execute(messages.update().where(
             messages.c.id == message_id, messages.c.claim_token == token,
             messages.c.status == SENDING, messages.c.withdrawn.is_(None),
         ).values(sending_at=now, lease_until=now + lease, updated_at=now,
-                 attempts=messages.c.attempts + 1)).rowcount == 1
+                 attempts=messages.c.attempts + 1, sent_text_sha256=text_sha256)
+        ).rowcount == 1
 
     def hold(self, message_id: uuid.UUID, token: uuid.UUID, wait: timedelta) -> bool:
         """Keep a message `sending` (it may have gone) until `wait` has passed, when recovery
@@ -461,13 +448,25 @@ def _about_an_appointment_that_is_over():
 
 def cancel_unwanted(connection: Connection, now: datetime) -> int:
     """Due messages that must not go, cancelled with the reason: SMS to a number that replied
-    STOP, a reminder overtaken by a later one, and messages about an appointment that is over
+    STOP (a check-in then goes by email, `policy.checkin_by_email_instead`), a reminder
+    overtaken by a later one, and messages about an appointment that is over
     (`model.delivery`). Set-wise statements a round rather than a query per message;
     `claim_due` skips opted-out and finished ones too, so one that falls due between the two
     is not sent either."""
     due = sa.and_(messages.c.status == PENDING, messages.c.due_at <= now)
+    checkins = connection.execute(
+        sa.select(messages, contacts.c.email, contacts.c.email_ok)
+        .outerjoin(contacts, contacts.c.patient_id == messages.c.patient_id)
+        .where(due, _opted_out_sms(), messages.c.kind == "checkin")).all()
     cancelled = connection.execute(messages.update().where(due, _opted_out_sms()).values(
         status=CANCELLED, error="opted out of SMS", updated_at=now)).rowcount
+    repository = MessageRepository(connection, FixedClock(now))
+    for row in checkins:
+        by_email = checkin_by_email_instead(
+            row.due_at, row.appointment_id, row.patient_id, json.loads(row.context),
+            row.dedupe_key, {"email": row.email, "email_ok": row.email_ok})
+        if by_email is not None:
+            repository.schedule(by_email)
     superseded = _superseded_reminders(connection, now)
     for start in range(0, len(superseded), _IDS_PER_STATEMENT):
         cancelled += connection.execute(messages.update().where(
@@ -551,7 +550,8 @@ def _claimed(row) -> ClaimedMessage:
                           appointment_id=row.appointment_id, patient_id=row.patient_id,
                           context=json.loads(row.context), due_at=row.due_at,
                           attempts=row.attempts, sending_at=row.sending_at,
-                          provider_status=row.provider_status)
+                          provider_status=row.provider_status,
+                          sent_text_sha256=row.sent_text_sha256)
 
 
 def _reserve_slot(connection: Connection, name: str, now: datetime,
@@ -573,8 +573,8 @@ def _reserve_slot(connection: Connection, name: str, now: datetime,
 # message sent, and with a provider as fast as a local one they bound the rate.
 
 def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
-                   now: datetime, lease: timedelta, interval: timedelta
-                   ) -> tuple[datetime, bool | None]:
+                   now: datetime, lease: timedelta, interval: timedelta,
+                   text_sha256: str | None = None) -> tuple[datetime, bool | None]:
     """Take the SMS cap's next slot (`_reserve_slot`) and, when that slot is now, begin the send
     (`begin_send`) in the same statement. The slot, and whether the send began: None when it
     is still to begin, by `begin_send` after waiting for the slot. A send is never begun
@@ -589,10 +589,10 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
         if slot > now:
             return slot, None
         return slot, MessageRepository(connection, FixedClock(now)).begin_send(
-            message_id, token, lease)
+            message_id, token, lease, text_sha256)
     slot, begun, free = _START_SMS_SEND.one(connection, dict(
         name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
-        token=token))
+        token=token, digest=text_sha256))
     if slot > now:
         return slot, None               # wait for the slot, then begin
     if begun or free:
@@ -612,7 +612,7 @@ _START_SMS_SEND = DirectStatement(sa.text(f"""
     begun AS (
         UPDATE messages
            SET sending_at = :now, lease_until = :lease_until, updated_at = :now,
-               attempts = attempts + 1
+               attempts = attempts + 1, sent_text_sha256 = :digest
          WHERE id IN (SELECT id FROM target) AND claim_token = :token
            AND status = '{SENDING}' AND withdrawn IS NULL AND (SELECT at FROM slot) <= :now
         RETURNING id)
@@ -620,7 +620,8 @@ _START_SMS_SEND = DirectStatement(sa.text(f"""
 """).bindparams(sa.bindparam("now", type_=UTCDateTime),
                 sa.bindparam("lease_until", type_=UTCDateTime),
                 sa.bindparam("interval", type_=sa.Interval),
-                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid)
+                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid),
+                sa.bindparam("digest", type_=sa.String)
                 ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
                           sa.column("free", sa.Boolean)))
 
@@ -735,10 +736,6 @@ class ContactRepository:
 class OptOutRepository:
     def __init__(self, connection: Connection, clock: Clock):
         self._c, self._clock = connection, clock
-
-    def is_opted_out(self, phone: str) -> bool:
-        return bool(self._c.execute(sa.select(opt_outs.c.opted_out).where(
-            opt_outs.c.phone == phone)).scalar())
 
     def set(self, phone: str, opted_out: bool) -> None:
         values = dict(opted_out=opted_out, changed_at=self._clock.now())

@@ -3,6 +3,7 @@ transaction as its processed-event mark: a redelivered event schedules nothing t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 from services.notify.model import as_utc, policy
@@ -11,6 +12,7 @@ from services.notify.model.delivery import (
     CALLED_OFF,
     SMS_FALLBACK,
 )
+from services.notify.model.schedule import SCHEDULED_KINDS
 from services.notify.scheduler import RECHECK_SECONDS
 from shared.consumer import OneByOne
 from shared.events import Event
@@ -40,9 +42,17 @@ def _schedule(context, event: Event, consumer: str, plan: Callable[[], list],
             uow.messages.cancel_pending(appointment_id, cancel, reason)
         if then is not None:
             then(uow)
-        planned = plan()
-        _store(uow, planned)
+        _store(uow, _asked_at(plan(), event))
         uow.commit()
+
+
+def _asked_at(planned: list, event: Event) -> list:
+    """Each at-once message with the instant its event happened (`asked_at`): a message found
+    due long after that (the worker or the broker was down, the event waited) is judged late
+    by `model.schedule.when_to_send`, though it was planned, and so due, only just now."""
+    asked_at = as_utc(event.time).isoformat()
+    return [replace(p, context={**p.context, "asked_at": asked_at})
+            if p.kind not in SCHEDULED_KINDS else p for p in planned]
 
 
 def _store(uow, planned: list) -> None:
@@ -79,8 +89,8 @@ def on_booked_many(events: list[Event], context) -> None:
             event.data["patient_id"]: event.data["contact"] for event in events
             if event.data.get("patient_id") and event.data.get("contact")})
         now = context.clock.now()
-        _store(uow, [planned for event in events for planned in policy.plan_booked(
-            event.data, now, context.offsets, context.quiet, context.tz)])
+        _store(uow, [planned for event in events for planned in _asked_at(policy.plan_booked(
+            event.data, now, context.offsets, context.quiet, context.tz), event)])
         uow.commit()
 
 
@@ -114,12 +124,8 @@ def on_finished(event: Event, context) -> None:
 
 
 def on_followup(event: Event, context) -> None:
-    phone = (event.data.get("contact") or {}).get("phone")
-    uow = context.uow()
-    with uow:
-        opted_out = bool(phone) and uow.opt_outs.is_opted_out(phone)
     _schedule(context, event, "notify.followup", lambda: policy.plan_followup(
-        event.data, context.clock.now(), context.quiet, context.tz, sms_opted_out=opted_out))
+        event.data, context.clock.now(), context.quiet, context.tz))
 
 
 def on_call_missed(event: Event, context) -> None:
@@ -131,7 +137,7 @@ def on_call_missed(event: Event, context) -> None:
         uow.contacts.remember(data.get("patient_id"), data.get("contact"))
         last = (uow.messages.last_sent_to_patient(data["patient_id"], "missed_call")
                 if data.get("patient_id") else None)
-        for planned in policy.plan_missed_call(data, uow.clock.now(), last):
+        for planned in _asked_at(policy.plan_missed_call(data, uow.clock.now(), last), event):
             if uow.messages.schedule(planned):
                 uow.wake_scheduler()
         uow.commit()

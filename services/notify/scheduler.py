@@ -9,6 +9,7 @@ Nothing is held in memory between rounds: the schedule is the table.
 """
 from __future__ import annotations
 
+import hashlib
 import select
 import threading
 import time
@@ -114,6 +115,11 @@ class DueSignal:
                 self._connection.close()
             finally:
                 self._connection = None
+
+
+def _digest(text: str) -> str:
+    """How a sent SMS is recognised in Twilio's list after a crash (never the text itself)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ClaimLost(Exception):
@@ -290,7 +296,8 @@ class Scheduler:
             return
         if not self._still_timely(message):
             return
-        if not self._begin(message):     # cancelled, opted out or taken over meanwhile,
+        if not self._begin(message, _digest(rendered) if message.channel == "sms" else None):
+            # cancelled, opted out or taken over meanwhile,
             self._cancel_if_withdrawn(message)   # or withdrawn while an earlier try was begun
             return
         try:
@@ -327,7 +334,7 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _begin(self, message: ClaimedMessage) -> bool:
+    def _begin(self, message: ClaimedMessage, text_sha256: str | None = None) -> bool:
         """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
         during the wait still finds the message not begun and stops it. When the slot is now
         (no wait), slot and beginning are one statement. Whether it began."""
@@ -335,14 +342,14 @@ class Scheduler:
             now = self.context.clock.now()
             with one_statement(self.context.engine) as connection:
                 slot, begun = start_sms_send(connection, message.id, self.token, now,
-                                             self.lease, self.interval)
+                                             self.lease, self.interval, text_sha256)
             if begun is not None:
                 return begun
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
                 time.sleep(wait)
         with self.context.uow() as uow:
-            if not uow.messages.begin_send(message.id, self.token, self.lease):
+            if not uow.messages.begin_send(message.id, self.token, self.lease, text_sha256):
                 return False
             uow.commit()
         return True
@@ -373,12 +380,15 @@ class Scheduler:
             return
         if message.channel == "sms":
             try:
-                body = self.context.texts.sms(message.kind, message.context)
+                # What was sent, by its digest; rendered again only for a send begun before
+                # digests were kept (a template changed since would not give it back).
+                sent = message.sent_text_sha256 or _digest(
+                    self.context.texts.sms(message.kind, message.context))
                 with self.context.uow() as uow:
                     others = uow.messages.sids_of_others_sent_to(
                         message.to, message.id, message.sending_at - RECOVERY_LOOKBACK)
-                sid = self.context.sms.find_sent(message.to, message.sending_at, body,
-                                                 passing_over=others)
+                sid = self.context.sms.find_sent(message.to, message.sending_at,
+                                                 text_sha256=sent, passing_over=others)
             except TransientSendError as error:
                 self._hold(message, backoff_delay(min(message.attempts, 8), base=2.0, cap=300))
                 log.warning("message.unresolved", message_id=str(message.id),

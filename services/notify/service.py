@@ -3,6 +3,7 @@ and the message log. Views parse and answer; the rules are here and in model/.""
 from __future__ import annotations
 
 from services.notify.model import parse_reply
+from services.notify.model.delivery import texts_a_reply_answers
 from services.notify.outcomes import SOURCE, apply_delivery_report, apply_early_reports
 from shared.events import new_event
 
@@ -19,10 +20,9 @@ def receive_sms(uow, sender: str, body: str, message_sid: str) -> str | None:
             uow.opt_outs.set(sender, intent == "opt_out")
         if intent == "opt_out":
             uow.messages.hold_for_opt_out(sender)
-            uow.messages.checkins_by_email_instead(sender)
         # What the reply answers: the appointment of the last text sent to this number. Booking
         # applies a YES or NO to that one only (docs/architecture.md, Patient replies).
-        answered = uow.messages.last_about_an_appointment(sender)
+        answered = uow.messages.last_about_an_appointment(sender, texts_a_reply_answers(intent))
         followup_id = None
         if answered is not None:
             appointment_id, patient_id = answered.appointment_id, answered.patient_id

@@ -61,7 +61,6 @@ _PLAIN_GSM7 = str.maketrans(
 )
 
 
-
 def _in_gsm7(char: str) -> str:
     """A character GSM-7 lacks, as the GSM-7 letter it is built on: the accents of Irish,
     Welsh, Polish or Czech names ("Siobhán", "Zoë", "Dvořák") would otherwise make the whole

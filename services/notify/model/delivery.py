@@ -106,6 +106,19 @@ FINISHED_APPOINTMENT = frozenset({"cancelled", "attended", "no_show"})
 # notice of a change asks nothing. A reply after a check-in answers the check-in: a "No"
 # (not improving) must not be taken for a NO to an earlier confirmation of another visit.
 ASKING_FOR_A_REPLY = frozenset({"confirmation", "reminder", "checkin"})
+ASKING_FOR_YES_OR_NO = frozenset({"confirmation", "reminder"})
+
+
+def texts_a_reply_answers(intent: str) -> frozenset[str]:
+    """Which texts a reply of this intent can answer: the last of them sent is the one it
+    does. A number answers the last check-in, whatever came after it; a YES the last text
+    asking for a YES (a check-in asks for none); a NO, or anything else, the last text that
+    asked for a reply at all, so a "No" after a check-in (not improving) cancels nothing."""
+    if intent == "score":
+        return frozenset({"checkin"})
+    if intent == "confirm":
+        return ASKING_FOR_YES_OR_NO
+    return ASKING_FOR_A_REPLY
 # An email standing in for an SMS that failed: about a coming appointment or a check-in, so
 # dropped only when the appointment did not take place (a check-in follows an attended one).
 SMS_FALLBACK = "sms_fallback"

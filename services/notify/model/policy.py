@@ -206,15 +206,14 @@ def form_nudge_at(starts_at: datetime, now: datetime, quiet: QuietHours | None,
 
 
 def plan_followup(
-    data: dict, now: datetime, quiet: QuietHours | None, tz: ZoneInfo,
-    sms_opted_out: bool = False,
+    data: dict, now: datetime, quiet: QuietHours | None, tz: ZoneInfo
 ) -> list[PlannedMessage]:
     """The check-in ("how is your pain, 0-10?") at its time, by SMS, else by email.
 
     SMS first because only a text reply gives us the score; email for patients without SMS
-    consent, or whose number texted STOP, so they are still asked. Unlike a reminder a
-    check-in is still worth sending a little late (an event handled after an outage), up to a
-    week after it was due.
+    consent, so they are still asked (and for a number that texted STOP by the time it is due:
+    `checkin_by_email_instead`). Unlike a reminder a check-in is still worth sending a little
+    late (an event handled after an outage), up to a week after it was due.
     """
     now = as_utc(now)
     due_at = as_utc(data["due_at"])
@@ -222,11 +221,25 @@ def plan_followup(
     if now >= latest:
         return []
     send_at = place_outside_quiet_hours(max(due_at, now), quiet, tz, not_after=latest)
-    channels = [(channel, to) for channel, to in channels_for(data["contact"])
-                if not (channel == "sms" and sms_opted_out)][:1]
+    channels = channels_for(data["contact"])[:1]
     # The follow-up's id: the score a reply gives is booking's to record against it.
     context = {"treatment_name": data["treatment"]["name"], "followup_id": data["followup_id"]}
     return _plan("checkin", data["followup_id"], channels, send_at, data, context)
+
+
+def checkin_by_email_instead(due_at: datetime, appointment_id: str | None,
+                             patient_id: str | None, context: dict[str, Any], dedupe_key: str,
+                             contact: dict) -> PlannedMessage | None:
+    """A check-in due by SMS to a number that texted STOP, by email instead, to a patient who
+    agreed to email. It is the one message that goes by one channel only: the follow-up
+    after an injection must not be lost to a STOP meant for the reminders. Decided when it
+    falls due, so a START before then still has it go by text, and a STOP at any moment
+    before, even while the follow-up was being planned, is seen."""
+    if not contact.get("email_ok") or not contact.get("email"):
+        return None
+    return PlannedMessage(kind="checkin", channel="email", to=contact["email"], due_at=due_at,
+                          appointment_id=appointment_id, patient_id=patient_id,
+                          context=context, dedupe_key=dedupe_key.replace(":sms:", ":email:"))
 
 
 def plan_missed_call(

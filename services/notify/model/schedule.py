@@ -234,11 +234,15 @@ def when_to_send(kind: str, context: dict, due_at: datetime, now: datetime,
 def _at_once(kind: str, context: dict, due_at: datetime, now: datetime,
              quiet: QuietHours | None, tz: ZoneInfo) -> datetime | None:
     """An at-once message: now while it still answers what the patient did (AT_ONCE_GRACE);
-    sent late, the rules of a scheduled message (`when_to_send`)."""
-    if now - due_at <= AT_ONCE_GRACE:
+    sent late, the rules of a scheduled message (`when_to_send`). Late is counted from what
+    it answers (`asked_at`, the event's time: an event that waited out an outage is planned,
+    so due, only when handled), else from when it was due."""
+    asked_at = as_utc(context["asked_at"]) if "asked_at" in context else due_at
+    late = now - min(asked_at, due_at)
+    if late <= AT_ONCE_GRACE:
         return now
     if kind == "missed_call":
-        return now if now - due_at <= MISSED_CALL_LATEST else None
+        return now if late <= MISSED_CALL_LATEST else None
     if kind in ABOUT_THE_COMING_VISIT and "starts_at" in context:
         starts_at = as_utc(context["starts_at"])
         if now >= starts_at:

@@ -5,6 +5,7 @@ everything else, and logs must not hold what the clinic tells a patient.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import uuid
@@ -74,7 +75,8 @@ class ConsoleSms(_Recorder):
         return SendResult(provider_id=sid, status="sent")
 
     def find_sent(self, to: str, sent_after: datetime, body: str | None = None,
-                  passing_over: Collection[str] = ()) -> str | None:
+                  passing_over: Collection[str] = (), text_sha256: str | None = None
+                  ) -> str | None:
         if sent_after.tzinfo is None:
             raise ValueError("find_sent needs an aware datetime")
         with self._lock:
@@ -84,6 +86,8 @@ class ConsoleSms(_Recorder):
                     and entry["provider_id"] not in passing_over
                     and entry["sent_at"] >= sent_after
                     and (body is None or entry["body"] == body)
+                    and (text_sha256 is None or hashlib.sha256(
+                        entry["body"].encode()).hexdigest() == text_sha256)
                 ):
                     return entry["provider_id"]
         return None

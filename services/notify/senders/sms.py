@@ -5,6 +5,7 @@ TWILIO_API_BASE_URL is honoured by an HTTP client that rewrites every request's 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -220,10 +221,12 @@ class TwilioSms:
         return SendResult(provider_id=message.sid, status=str(message.status or "unknown"))
 
     def find_sent(self, to: str, sent_after: datetime, body: str | None = None,
-                  passing_over: Collection[str] = ()) -> str | None:
-        """The sid of a message to `to` (with this body, when given) created since `sent_after`,
-        but none of `passing_over`: sids recorded for other messages, since two patients
-        sharing a phone can be sent the very same text at the same moment (check-ins).
+                  passing_over: Collection[str] = (), text_sha256: str | None = None
+                  ) -> str | None:
+        """The sid of a message to `to` (with this body, or a body of this SHA-256, when
+        given) created since `sent_after`, but none of `passing_over`: sids recorded for other
+        messages, since two patients sharing a phone can be sent the very same text at the
+        same moment (check-ins).
 
         Crash recovery: a message left `sending` may have reached Twilio. Twilio's DateSent
         filter works on whole GMT days and skips messages still queued (date_sent is null until
@@ -249,6 +252,8 @@ class TwilioSms:
             for message in found
             if message.to == to and message.sid not in passing_over
             and (body is None or message.body == body)
+            and (text_sha256 is None
+                 or hashlib.sha256((message.body or "").encode()).hexdigest() == text_sha256)
             and isinstance(message.date_created, datetime)
             and message.date_created >= since
         }

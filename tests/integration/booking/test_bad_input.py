@@ -169,6 +169,9 @@ def test_an_email_domain_in_another_script_is_kept_in_its_ascii_form(booking):
     created = booking.post("/patients", {**PATIENT, "email": "margaret@b\u00fccher.example"})
     assert created.status_code == 201, created.get_json()
     assert created.get_json()["email"] == "margaret@xn--bcher-kva.example"
+    # By UTS #46, not IDNA 2003, which would make straße.de strasse.de: another domain.
+    strasse = booking.post("/patients", {**PATIENT, "email": "margaret@stra\u00dfe.de"})
+    assert strasse.get_json()["email"] == "margaret@xn--strae-oqa.de"
 
 
 @pytest.mark.parametrize("body", ["[]", "null", '"Margaret"', "42"])

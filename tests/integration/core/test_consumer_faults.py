@@ -84,6 +84,32 @@ def test_an_event_of_a_type_bound_by_a_newer_version_is_parked_not_lost(amqp_url
     assert reason.startswith(f"no handler for {NEWER}"), reason
 
 
+def test_mid_deploy_an_event_of_a_new_type_reaches_the_worker_that_knows_it(amqp_url):
+    """An old and a new worker on one queue: the old one hands the new type back, and the new
+    one handles it, rather than the old one taking it back again until it is parked."""
+    events = [new_event("/test", NEWER, f"a{n}", {"n": n}, CLOCK) for n in range(12)]
+    for event in events:
+        _publish(amqp_url, NEWER, encode(event), bound=(HAPPENED, NEWER))
+    handled = []
+    old = EventConsumer(amqp_url, "test", {HAPPENED: lambda e: None}, prefetch=6)
+    new = EventConsumer(amqp_url, "test", {HAPPENED: lambda e: None, NEWER: handled.append},
+                        prefetch=6)
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (old, new)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(handled) < len(events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        old.stop.set()
+        new.stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    assert sorted(e.id for e in handled) == sorted(e.id for e in events)
+    assert _depths(amqp_url) == (0, 0)
+
+
 def test_a_message_kombu_cannot_decode_is_parked_and_its_body_never_logged(amqp_url,
                                                                            caplog):
     """A compression header kombu does not know: parked with the reason, and the body (which

@@ -3,6 +3,7 @@ FakeTwilio and smtplib to aiosmtpd, on PostgreSQL, with the clock moved by the t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 import uuid
@@ -909,3 +910,51 @@ def test_two_reschedules_within_a_minute_each_tell_the_patient(notifier):
     texts = [m["body"] for m in notifier.sms_to()]
     assert len(texts) == 3
     assert "09:00" in texts[1] and "11:00" in texts[2]
+
+
+def test_events_that_waited_out_an_outage_are_sent_as_late_messages(notifier):
+    """The notify worker was down from the evening; at 02:00 it handles a booking made at
+    18:00 and a call missed at 18:05. Planned only now, they are still late: the confirmation
+    waits for the morning (the appointment is at 10:00), and "we will ring you back", eight
+    hours on, is not sent at all."""
+    notifier.clock.set("2026-11-29T18:00:00+00:00")
+    asked = notifier.clock.now()
+    notifier.clock.set("2026-11-30T02:00:00+00:00")
+    appointment_id = new_id()
+    notifier.handle(appointment_event("booked", appointment_id, STARTS, asked,
+                                      contact=contact(email_ok=False)))
+    notifier.handle(Event(type="booking.call.missed", source="/booking", subject="call-1",
+                          time=asked + timedelta(minutes=5), data={
+                              "call_id": "call-1", "patient_id": "p-1",
+                              "at": (asked + timedelta(minutes=5)).isoformat(),
+                              "contact": contact(email_ok=False)}))
+    notifier.dispatch()
+    assert notifier.sms_to() == []
+    [call] = notifier.rows(kind="missed_call")
+    assert call.status == "cancelled"
+
+    notifier.clock.set("2026-11-30T08:00:00+00:00")
+    notifier.dispatch()
+    [confirmation] = notifier.rows(kind="confirmation")
+    assert confirmation.status == "sent"
+    assert any("is booked for" in sms["body"] for sms in notifier.sms_to())
+
+
+def test_a_send_in_doubt_is_recognised_though_its_text_would_now_render_otherwise(notifier):
+    """A worker sent the confirmation and died before recording it; a deploy then changed
+    what the text renders to (a template, or here its context). Recovery looks for what was
+    sent, by the digest recorded when the send began, and does not send a second text."""
+    book(notifier, contact=contact(email_ok=False))
+    dead = notifier.scheduler()
+    [message] = notifier.claim(dead, "sms")
+    rendered = dead._render(message)
+    assert dead._begin(message, hashlib.sha256(rendered.encode()).hexdigest())
+    dead._send(message, rendered)            # Twilio took it; the worker died before recording
+    with notifier.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE messages SET context = replace(context, 'Dr Amira Shah', 'Dr A Shah')")
+    notifier.clock.advance(LEASE + timedelta(seconds=1))
+    notifier.dispatch()
+    assert len(notifier.sms_to()) == 1
+    [row] = notifier.rows(kind="confirmation")
+    assert row.status == "sent" and row.provider_id == notifier.sms_to()[0]["sid"]

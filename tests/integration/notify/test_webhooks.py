@@ -101,18 +101,21 @@ def test_a_reply_answers_the_last_text_inviting_one_even_if_its_appointment_is_g
     assert event.data["appointment_id"] == next_week != tomorrow
 
 
-@pytest.mark.parametrize("body, intent, score", [("8", "score", 8), ("No", "cancel", None)])
+@pytest.mark.parametrize("body, intent, score, answers", [
+    ("8", "score", 8, "check-in"), ("No", "cancel", None, "check-in"),
+    ("YES", "confirm", None, "review")])
 def test_a_reply_after_a_check_in_answers_the_check_in_not_a_later_confirmation(
-        notifier, client, body, intent, score):
+        notifier, client, body, intent, score, answers):
     """The injection was attended and a review booked (its confirmation invited a YES or NO);
     then the check-in asked how the pain is. "8", or "No" (not improving), answers the
     check-in: it names the injection's appointment and the follow-up, never the review,
-    which a "No" would otherwise cancel."""
+    which a "No" would otherwise cancel. A YES answers the last text asking for one: the
+    review's confirmation (a check-in asks for no YES)."""
     injection, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
     notifier.handle(appointment_event("attended", injection, STARTS, notifier.clock.now(),
                                       contact=contact(email_ok=False)))
-    book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
-         contact=contact(email_ok=False))
+    review, _ = book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
+                     contact=contact(email_ok=False))
     notifier.dispatch()                               # the review's confirmation
     followup_id = new_id()
     notifier.clock.advance(timedelta(days=1))
@@ -132,7 +135,36 @@ def test_a_reply_after_a_check_in_answers_the_check_in_not_a_later_confirmation(
 
     [event] = notifier.published("notify.reply.received")
     assert (event.data["intent"], event.data["score"]) == (intent, score)
-    assert (event.data["appointment_id"], event.data["followup_id"]) == (injection, followup_id)
+    expected = (injection, followup_id) if answers == "check-in" else (review, None)
+    assert (event.data["appointment_id"], event.data["followup_id"]) == expected
+
+
+def test_a_score_answers_the_last_check_in_even_after_a_later_confirmation(notifier, client):
+    """The check-in came, then the review was booked and confirmed by text; the patient's
+    "6" still answers the check-in, the only text that asked for a number."""
+    injection, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
+    notifier.handle(appointment_event("attended", injection, STARTS, notifier.clock.now(),
+                                      contact=contact(email_ok=False)))
+    followup_id = new_id()
+    from shared.events import Event
+    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
+                          subject=injection, time=notifier.clock.now(), data={
+                              "followup_id": followup_id, "appointment_id": injection,
+                              "patient_id": "p-1", "kind": "checkin",
+                              "due_at": notifier.clock.now().isoformat(),
+                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
+                              "contact": contact(email_ok=False)}))
+    notifier.dispatch()                               # the check-in
+    notifier.clock.advance(timedelta(minutes=5))
+    book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
+         contact=contact(email_ok=False))
+    notifier.dispatch()                               # the review's confirmation, last
+    notifier.clock.advance(timedelta(minutes=5))
+
+    reply(notifier, client, "6")
+
+    [event] = notifier.published("notify.reply.received")
+    assert (event.data["score"], event.data["followup_id"]) == (6, followup_id)
 
 
 def test_a_reply_names_no_appointment_when_none_was_texted_about(notifier, client):
@@ -563,3 +595,14 @@ def test_without_email_consent_a_stop_leaves_no_check_in(notifier, client):
     notifier.clock.set(due)
     notifier.dispatch()
     assert notifier.smtp.messages == [] and notifier.sms_to() == []
+
+
+def test_a_start_before_the_check_in_is_due_has_it_go_by_text_alone(notifier, client):
+    due = notifier.clock.now() + timedelta(days=14)
+    _followup(notifier, due)
+    reply(notifier, client, "STOP")
+    reply(notifier, client, "START")
+    notifier.clock.set(due)
+    notifier.dispatch()
+    assert [m for m in notifier.sms_to() if "how is your pain" in m["body"]]
+    assert notifier.smtp.messages == []
