@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.views import MethodView
 from marshmallow import RAISE
 
@@ -62,13 +62,19 @@ def _context():
 
 
 def _idempotency_key() -> str | None:
-    """Refused when too long rather than cut short: two keys sharing their first 200
-    characters would otherwise be taken for one, and one request answered with another's."""
+    """The caller's key, kept apart from every other caller's: two systems that both number
+    their requests 1, 2, 3 must not be answered with each other's patient or appointment. So
+    the stored key is the SHA-256 of who asked (the token's or user's name) and the key.
+    Refused when too long rather than cut short: two keys sharing their first 200 characters
+    would otherwise be taken for one, and one request answered with another's."""
     key = request.headers.get("Idempotency-Key", "").strip()
     if len(key) > IDEMPOTENCY_KEY_MAX:
         raise Invalid("Idempotency-Key is too long", {
             "Idempotency-Key": [f"at most {IDEMPOTENCY_KEY_MAX} characters"]})
-    return key or None
+    if not key:
+        return None
+    staff = g.staff
+    return hashlib.sha256(f"{staff.kind}\0{staff.name}\0{key}".encode()).hexdigest()
 
 
 @api.route("/patients")

@@ -140,3 +140,20 @@ def test_a_retry_writing_the_same_start_in_another_offset_gets_the_first_answer(
     assert second.get_json() == first.get_json()
     assert _grew(before, booking.counts()) == {"appointments": 1, "outbox": 1,
                                                "idempotency_keys": 1}
+
+
+def test_a_key_is_the_callers_own(booking):
+    """Reception's desk app and the phone system both number their requests from 1: the
+    same key from another caller creates its own patient, never gets the first caller's."""
+    key = {"Idempotency-Key": "1"}
+    desk = booking.client.post("/api/v1/patients", json=PATIENT,
+                               headers={**booking.reception, **key})
+    phone_system = booking.client.post("/api/v1/patients",
+                                       json={**PATIENT, "given_name": "Arthur"},
+                                       headers={**booking.admin, **key})
+    assert desk.status_code == phone_system.status_code == 201
+    assert desk.get_json()["id"] != phone_system.get_json()["id"]
+    assert phone_system.get_json()["given_name"] == "Arthur"
+    again = booking.client.post("/api/v1/patients", json=PATIENT,
+                                headers={**booking.reception, **key})
+    assert again.get_json()["id"] == desk.get_json()["id"]
