@@ -117,16 +117,9 @@ def test_a_reply_after_a_check_in_answers_the_check_in_not_a_later_confirmation(
     review, _ = book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
                      contact=contact(email_ok=False))
     notifier.dispatch()                               # the review's confirmation
-    followup_id = new_id()
     notifier.clock.advance(timedelta(days=1))
-    from shared.events import Event
-    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
-                          subject=injection, time=notifier.clock.now(), data={
-                              "followup_id": followup_id, "appointment_id": injection,
-                              "patient_id": "p-1", "kind": "checkin",
-                              "due_at": notifier.clock.now().isoformat(),
-                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
-                              "contact": contact(email_ok=False)}))
+    followup_id = _followup(notifier, notifier.clock.now(), email_ok=False,
+                            appointment_id=injection)
     notifier.dispatch()                               # the check-in, the last text sent
     assert "how is your pain" in notifier.sms_to()[-1]["body"]
     notifier.clock.advance(timedelta(minutes=5))
@@ -145,15 +138,8 @@ def test_a_score_answers_the_last_check_in_even_after_a_later_confirmation(notif
     injection, _ = book(notifier, patient_id="p-1", contact=contact(email_ok=False))
     notifier.handle(appointment_event("attended", injection, STARTS, notifier.clock.now(),
                                       contact=contact(email_ok=False)))
-    followup_id = new_id()
-    from shared.events import Event
-    notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
-                          subject=injection, time=notifier.clock.now(), data={
-                              "followup_id": followup_id, "appointment_id": injection,
-                              "patient_id": "p-1", "kind": "checkin",
-                              "due_at": notifier.clock.now().isoformat(),
-                              "treatment": {"code": "TPI", "name": "Trigger point injection"},
-                              "contact": contact(email_ok=False)}))
+    followup_id = _followup(notifier, notifier.clock.now(), email_ok=False,
+                            appointment_id=injection)
     notifier.dispatch()                               # the check-in
     notifier.clock.advance(timedelta(minutes=5))
     book(notifier, patient_id="p-1", starts_at=STARTS + timedelta(days=20),
@@ -555,9 +541,10 @@ def test_a_pending_fallback_email_of_a_form_link_is_dropped_once_the_form_is_in(
     assert notifier.rows(id=of_confirmation.id)[0].status == "pending"
 
 
-def _followup(notifier, due_at, email_ok=True):
+def _followup(notifier, due_at, email_ok=True, appointment_id=None) -> str:
+    """A check-in planned for `due_at` (`booking.followup.scheduled`); its follow-up's id."""
     from shared.events import Event
-    appointment_id, followup_id = new_id(), new_id()
+    appointment_id, followup_id = appointment_id or new_id(), new_id()
     notifier.handle(Event(type="booking.followup.scheduled", source="/booking",
                           subject=appointment_id, time=notifier.clock.now(), data={
                               "followup_id": followup_id, "appointment_id": appointment_id,
@@ -565,6 +552,7 @@ def _followup(notifier, due_at, email_ok=True):
                               "due_at": due_at.isoformat(),
                               "treatment": {"code": "TPI", "name": "Trigger point injection"},
                               "contact": contact(email_ok=email_ok)}))
+    return followup_id
 
 
 @pytest.mark.parametrize("stop_first", [True, False], ids=["STOP, then planned",
