@@ -572,27 +572,50 @@ def _reserve_slot(connection: Connection, name: str, now: datetime,
 # Run through `shared.db.one_statement`, so each costs one round trip: these run around every
 # message sent, and with a provider as fast as a local one they bound the rate.
 
+class SentRecord(NamedTuple):
+    """A send the provider accepted, to be recorded (`record_sent`) with its event."""
+    message_id: uuid.UUID
+    provider_id: str | None
+    provider_status: str
+    event: Event
+
+
 def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
                    now: datetime, lease: timedelta, interval: timedelta,
-                   text_sha256: str | None = None) -> tuple[datetime, bool | None]:
+                   text_sha256: str | None = None, sent: SentRecord | None = None
+                   ) -> tuple[datetime, bool | None]:
     """Take the SMS cap's next slot (`_reserve_slot`) and, when that slot is now, begin the send
     (`begin_send`) in the same statement. The slot, and whether the send began: None when it
     is still to begin, by `begin_send` after waiting for the slot. A send is never begun
     before its wait (a cancellation or STOP during the wait must still find it not begun).
 
+    `sent`: the send this worker made just before, recorded (as `record_sent`) by the same
+    statement, whatever becomes of this one. A send lane records each SMS with the beginning
+    of its next: one round trip and one commit per SMS instead of two.
+
     The cap's row is locked for the whole statement, so the statement never waits for
     anything else: a message row locked by another transaction (a cancellation in progress)
     is skipped, not waited for, and left to `begin_send`. Otherwise every worker's SMS would
     queue behind that one transaction."""
+    if sent is not None and sent.message_id == message_id:
+        raise ValueError("a send is recorded before its message is begun again")
     if connection.dialect.name != "postgresql":
+        if sent is not None:
+            record_sent(connection, sent.message_id, token, now, sent.provider_id,
+                        sent.provider_status, sent.event)
         slot = _reserve_slot(connection, "sms", now, interval)
         if slot > now:
             return slot, None
         return slot, MessageRepository(connection, FixedClock(now)).begin_send(
             message_id, token, lease, text_sha256)
-    slot, begun, free = _START_SMS_SEND.one(connection, dict(
-        name="sms", now=now, interval=interval, lease_until=now + lease, id=message_id,
-        token=token, digest=text_sha256))
+    parameters = dict(name="sms", now=now, interval=interval, lease_until=now + lease,
+                      id=message_id, token=token, digest=text_sha256)
+    if sent is None:
+        slot, begun, free = _START_SMS_SEND.one(connection, parameters)
+    else:
+        slot, begun, free = _RECORD_SENT_AND_START_SMS_SEND.one(connection, dict(
+            parameters, **_record_parameters(sent.message_id, now, sent.provider_id,
+                                             sent.provider_status, sent.event)))
     if slot > now:
         return slot, None               # wait for the slot, then begin
     if begun or free:
@@ -600,9 +623,10 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
     return slot, None                   # the row was locked: `begin_send` waits for it
 
 
-# Each SMS runs this and _RECORD_SENT once: straight on the driver (`shared.direct`).
-_START_SMS_SEND = DirectStatement(sa.text(f"""
-    WITH slot AS (     -- one upsert under the row's lock: no slot is handed out twice
+# Each SMS runs one of these once, and _RECORD_SENT for the last of a lane's run: straight on
+# the driver (`shared.direct`).
+_START_CTES = f"""
+    slot AS (     -- one upsert under the row's lock: no slot is handed out twice
         INSERT INTO rate_limits (name, next_slot_at) VALUES (:name, :now + :interval)
         ON CONFLICT (name) DO UPDATE
            SET next_slot_at = greatest(rate_limits.next_slot_at, :now) + :interval
@@ -617,13 +641,39 @@ _START_SMS_SEND = DirectStatement(sa.text(f"""
            AND status = '{SENDING}' AND withdrawn IS NULL AND (SELECT at FROM slot) <= :now
         RETURNING id)
     SELECT (SELECT at FROM slot), EXISTS (SELECT 1 FROM begun), EXISTS (SELECT 1 FROM target)
-""").bindparams(sa.bindparam("now", type_=UTCDateTime),
-                sa.bindparam("lease_until", type_=UTCDateTime),
-                sa.bindparam("interval", type_=sa.Interval),
-                sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid),
-                sa.bindparam("digest", type_=sa.String)
-                ).columns(sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
-                          sa.column("free", sa.Boolean)))
+"""
+# The record of `_record_sent_statement`, as text to go before _START_CTES. Data-modifying
+# CTEs run once, whether the final SELECT reads them or not.
+_SETTLED_CTES = f"""
+    settled AS (
+        UPDATE messages
+           SET status = '{SENT}', sent_at = :now, provider_id = :provider_id,
+               provider_status = :provider_status, error = NULL, error_code = NULL,
+               claim_token = NULL, lease_until = NULL, updated_at = :now
+         WHERE id = :message_id AND claim_token = :token AND status = '{SENDING}'
+        RETURNING id),
+    announced AS (
+        INSERT INTO outbox (event_id, type, subject, body, created_at)
+        SELECT :event_event_id, :event_type, :event_subject, :event_body, :event_created_at
+          FROM settled),
+"""
+_START_PARAMETERS = (sa.bindparam("now", type_=UTCDateTime),
+                     sa.bindparam("lease_until", type_=UTCDateTime),
+                     sa.bindparam("interval", type_=sa.Interval),
+                     sa.bindparam("id", type_=sa.Uuid), sa.bindparam("token", type_=sa.Uuid),
+                     sa.bindparam("digest", type_=sa.String))
+_START_COLUMNS = (sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
+                  sa.column("free", sa.Boolean))
+_START_SMS_SEND = DirectStatement(sa.text(f"WITH {_START_CTES}").bindparams(
+    *_START_PARAMETERS).columns(*_START_COLUMNS))
+_RECORD_SENT_AND_START_SMS_SEND = DirectStatement(sa.text(
+    f"WITH {_SETTLED_CTES} {_START_CTES}").bindparams(
+    *_START_PARAMETERS, sa.bindparam("message_id", type_=sa.Uuid),
+    sa.bindparam("provider_id", type_=sa.String),
+    sa.bindparam("provider_status", type_=sa.String),
+    *(sa.bindparam(f"event_{name}", type_=shared_tables.outbox.c[name].type)
+      for name in ("event_id", "type", "subject", "body", "created_at")),
+).columns(*_START_COLUMNS))
 
 
 def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
@@ -641,11 +691,17 @@ def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
             Outbox(connection, shared_tables.outbox, clock, outbox_channel("notify")).add(event)
         return settled
     (settled,) = _RECORD_SENT.one(connection, dict(
-        message_id=message_id, token=token, now=now, provider_id=provider_id,
-        provider_status=provider_status,
-        # No channel: not announced (see _record_sent_statement).
-        **outbox_parameters(event, FixedClock(now), None)))
+        token=token, **_record_parameters(message_id, now, provider_id, provider_status,
+                                          event)))
     return settled == 1
+
+
+def _record_parameters(message_id: uuid.UUID, now: datetime, provider_id: str | None,
+                       provider_status: str, event: Event) -> dict:
+    return dict(message_id=message_id, now=now, provider_id=provider_id,
+                provider_status=provider_status,
+                # No channel: not announced (see _record_sent_statement).
+                **outbox_parameters(event, FixedClock(now), None))
 
 
 def _record_sent_statement() -> sa.Select:

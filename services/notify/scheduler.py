@@ -19,6 +19,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 import psycopg
 import sqlalchemy as sa
@@ -33,6 +34,7 @@ from services.notify.db import (
     SENDING,
     SENT,
     ClaimedMessage,
+    SentRecord,
     cancel_unwanted,
     claim_due,
     early_reports,
@@ -120,6 +122,13 @@ class DueSignal:
 def _digest(text: str) -> str:
     """How a sent SMS is recognised in Twilio's list after a crash (never the text itself)."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _Sent(NamedTuple):
+    """A send the provider accepted, not yet recorded."""
+    message: ClaimedMessage
+    provider_id: str | None
+    status: str
 
 
 class ClaimLost(Exception):
@@ -228,33 +237,43 @@ class Scheduler:
     def _deliver_all(self, claimed: list[ClaimedMessage], stop: threading.Event) -> None:
         """Up to NOTIFY_SEND_CONCURRENCY sends in flight at once: a provider answering in
         200 ms would otherwise hold a worker to five texts a second. Each lane takes the next
-        message when it is free, and each message keeps its own claim, slot and record, so
-        running them side by side changes nothing of the send-once protocol."""
-        def one(message: ClaimedMessage) -> None:
+        message when it is free, and records each SMS it sent with the beginning of its next
+        (`_deliver`). Each message keeps its own claim, slot and record, so running them side
+        by side changes nothing of the send-once protocol."""
+        def one(message: ClaimedMessage, unrecorded: _Sent | None) -> _Sent | None:
             try:
                 if stop.is_set():
+                    self._record(unrecorded)
                     self._release(message)
-                else:
-                    self.deliver(message)
+                    return None
+                return self._deliver(message, unrecorded)
             except Exception as error:  # the database away mid-send: its lease brings it back
                 log.warning("message.unfinished", message_id=str(message.id),
                             error=type(error).__name__)
-            self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
+                # Recorded already, or not: a record finds nothing to do the second time.
+                self._record_or_leave(unrecorded)
+                return None
+            finally:
+                self._apply_early_reports(at_most_every=EARLY_REPORT_SWEEP_SECONDS)
 
-        lanes = min(self.context.config.notify_send_concurrency, len(claimed))
-        if self._senders is None or lanes < 2:
-            for message in claimed:
-                one(message)
-            return
         waiting = deque(claimed)
 
         def lane() -> None:
-            while True:
-                try:
-                    message = waiting.popleft()     # atomic: each message to one lane
-                except IndexError:
-                    return
-                one(message)
+            unrecorded = None
+            try:
+                while True:
+                    try:
+                        message = waiting.popleft()     # atomic: each message to one lane
+                    except IndexError:
+                        return
+                    unrecorded = one(message, unrecorded)
+            finally:
+                self._record_or_leave(unrecorded)
+
+        lanes = min(self.context.config.notify_send_concurrency, len(claimed))
+        if self._senders is None or lanes < 2:
+            lane()
+            return
         running = [self._senders.submit(lane) for _ in range(lanes)]
         futures.wait(running)               # every lane done before the round goes on
         for finished in running:
@@ -286,39 +305,53 @@ class Scheduler:
     # --- one message -----------------------------------------------------------------------
 
     def deliver(self, message: ClaimedMessage) -> None:
+        self._record(self._deliver(message))
+
+    def _deliver(self, message: ClaimedMessage, unrecorded: _Sent | None = None
+                 ) -> _Sent | None:
+        """Send one message. A send the provider accepted is returned, for the caller to
+        record (`_record`); `unrecorded`, the caller's previous one, is recorded here: by the
+        statement that begins this SMS, or first. A lane thus costs one statement per SMS,
+        not two, and its sends are still recorded one by one, each before the next begins."""
         if message.attempts >= MAX_ATTEMPTS:
+            self._record(unrecorded)
             self._failed(message, None, f"gave up after {message.attempts} attempts")
-            return
+            return None
         try:
             rendered = self._render(message)
         except Exception as error:          # a template or context that cannot work: no retry
+            self._record(unrecorded)
             self._failed(message, None, f"cannot render: {type(error).__name__}")
-            return
-        if not self._still_timely(message):
-            return
-        if not self._begin(message, _digest(rendered) if message.channel == "sms" else None):
+            return None
+        if not self._still_timely(message, unrecorded):
+            return None
+        if not self._begin(message, _digest(rendered) if message.channel == "sms" else None,
+                           unrecorded):
             # cancelled, opted out or taken over meanwhile,
             self._cancel_if_withdrawn(message)   # or withdrawn while an earlier try was begun
-            return
+            return None
         try:
             result = self._send(message, rendered)
         except ClaimLost:
-            return                          # another worker holds it now; nothing went out
+            return None                     # another worker holds it now; nothing went out
         except PermanentSendError as error:
             self._failed(message, error.code, error.message)
         except TransientSendError as error:
             self._retry_later(message, error)
         else:
-            self._sent(message, result.provider_id, result.status)
+            return _Sent(message, result.provider_id, result.status)
+        return None
 
-    def _still_timely(self, message: ClaimedMessage) -> bool:
+    def _still_timely(self, message: ClaimedMessage, unrecorded: _Sent | None = None) -> bool:
         """A scheduled message sent late must still keep quiet hours and still be of use
-        (`model.schedule.when_to_send`): otherwise it is moved on, or dropped."""
+        (`model.schedule.when_to_send`): otherwise it is moved on, or dropped (after
+        `unrecorded` is recorded)."""
         now = self.context.clock.now()
         at = when_to_send(message.kind, message.context, message.due_at, now,
                           self.context.quiet, self.context.tz)
         if at == now:
             return True
+        self._record(unrecorded)
         with self.context.uow() as uow:
             if at is None:
                 uow.messages.settle(message.id, self.token, status=CANCELLED,
@@ -334,15 +367,21 @@ class Scheduler:
             return texts.sms(message.kind, message.context)
         return texts.email(message.kind, message.context)
 
-    def _begin(self, message: ClaimedMessage, text_sha256: str | None = None) -> bool:
+    def _begin(self, message: ClaimedMessage, text_sha256: str | None = None,
+               unrecorded: _Sent | None = None) -> bool:
         """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
         during the wait still finds the message not begun and stops it. When the slot is now
-        (no wait), slot and beginning are one statement. Whether it began."""
-        if message.channel == "sms":
+        (no wait), slot and beginning are one statement, which also records `unrecorded`
+        (first, for an email). Whether it began."""
+        if message.channel != "sms":
+            self._record(unrecorded)
+        else:
             now = self.context.clock.now()
+            sent = self._sent_record(unrecorded) if unrecorded is not None else None
             with one_statement(self.context.engine) as connection:
                 slot, begun = start_sms_send(connection, message.id, self.token, now,
-                                             self.lease, self.interval, text_sha256)
+                                             self.lease, self.interval, text_sha256, sent)
+            self._log_sent(unrecorded)
             if begun is not None:
                 return begun
             wait = (slot - self.context.clock.now()).total_seconds()
@@ -426,16 +465,39 @@ class Scheduler:
     # --- outcomes ----------------------------------------------------------------------------
 
     def _sent(self, message: ClaimedMessage, provider_id: str | None, status: str) -> None:
-        clock = self.context.clock
-        event = self._event("notify.message.sent", message, clock, provider_id=provider_id,
-                            status=SENT)
-        # A report that came before this commit is applied at the end of the round
-        # (_apply_early_reports).
+        self._record(_Sent(message, provider_id, status))
+
+    def _record(self, sent: _Sent | None) -> None:
+        """The send `sent`, and its `notify.message.sent` event, recorded if the claim is still
+        ours. A report that came before this commit is applied at the end of the round
+        (_apply_early_reports)."""
+        if sent is None:
+            return
+        record = self._sent_record(sent)
         with one_statement(self.context.engine) as connection:
-            record_sent(connection, message.id, self.token, clock.now(), provider_id, status,
-                        event)
-        log.info("message.sent", message_id=str(message.id), kind=message.kind,
-                 channel=message.channel, provider_id=provider_id)
+            record_sent(connection, record.message_id, self.token, self.context.clock.now(),
+                        record.provider_id, record.provider_status, record.event)
+        self._log_sent(sent)
+
+    def _record_or_leave(self, sent: _Sent | None) -> None:
+        """`_record`, or left `sending` to crash recovery (which asks Twilio) if the database
+        is away."""
+        try:
+            self._record(sent)
+        except Exception as error:
+            log.warning("message.unfinished", message_id=str(sent.message.id),
+                        error=type(error).__name__)
+
+    def _sent_record(self, sent: _Sent) -> SentRecord:
+        event = self._event("notify.message.sent", sent.message, self.context.clock,
+                            provider_id=sent.provider_id, status=SENT)
+        return SentRecord(sent.message.id, sent.provider_id, sent.status, event)
+
+    @staticmethod
+    def _log_sent(sent: _Sent | None) -> None:
+        if sent is not None:
+            log.info("message.sent", message_id=str(sent.message.id), kind=sent.message.kind,
+                     channel=sent.message.channel, provider_id=sent.provider_id)
 
     def _failed(self, message: ClaimedMessage, code: int | None, reason: str) -> None:
         with self.context.uow() as uow:

@@ -958,3 +958,64 @@ def test_a_send_in_doubt_is_recognised_though_its_text_would_now_render_otherwis
     assert len(notifier.sms_to()) == 1
     [row] = notifier.rows(kind="confirmation")
     assert row.status == "sent" and row.provider_id == notifier.sms_to()[0]["sid"]
+
+
+def test_each_sms_of_a_lane_is_recorded_once_with_its_sid_the_last_when_the_round_ends(notifier):
+    """A lane records each SMS with the beginning of its next (one statement for both): every
+    one still ends `sent` with the sid Twilio gave it and one event, the lane's last too."""
+    for n in range(3):
+        book(notifier, starts_at=STARTS + timedelta(hours=n),
+             contact=contact(phone=f"+4474005{n:05d}", email_ok=False))
+    notifier.dispatch()
+    rows = notifier.rows(kind="confirmation")
+    sids = {m["to"]: m["sid"] for m in notifier.twilio.messages}
+    assert len(sids) == 3
+    assert {(r.status, r.provider_id) for r in rows} == {
+        ("sent", sids[r.to_address]) for r in rows}
+    published = notifier.published("notify.message.sent")
+    assert sorted(e.data["message_id"] for e in published) == sorted(str(r.id) for r in rows)
+
+
+def _unsendable(notifier, scheduler, message, how):
+    """`message`, claimed, made so that it will not be sent as `how` says."""
+    if how == "cancelled meanwhile":
+        notifier.handle(appointment_event("cancelled", message.appointment_id, STARTS,
+                                          notifier.clock.now()))
+        return message
+    if how == "too late":           # found due after its appointment began
+        return dataclasses.replace(message, kind="reminder", context={
+            **message.context, "starts_at": (notifier.clock.now() - timedelta(minutes=5))
+            .isoformat()})
+    if how == "cannot render":
+        return dataclasses.replace(message, context={})
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["cancelled meanwhile", "too late", "cannot render"])
+def test_an_sms_is_recorded_though_the_next_in_its_lane_is_not_sent(notifier, how):
+    """The send carried to the next message's beginning is recorded whatever stops that one."""
+    for n in range(2):
+        book(notifier, starts_at=STARTS + timedelta(hours=n),
+             contact=contact(phone=f"+4474006{n:05d}", email_ok=False))
+    scheduler = notifier.scheduler()
+    first, second = notifier.claim(scheduler, "sms")
+    second = _unsendable(notifier, scheduler, second, how)
+    scheduler._deliver_all([first, second], threading.Event())
+    [sms] = notifier.twilio.messages
+    [recorded] = notifier.rows(id=first.id)
+    assert (recorded.status, recorded.provider_id) == ("sent", sms["sid"])
+    [other] = notifier.rows(id=second.id)
+    assert other.status in {"cancelled", "failed"} and other.sending_at is None
+    assert [e.data["message_id"] for e in notifier.published("notify.message.sent")] == [
+        str(first.id)]
+
+
+def test_an_sms_followed_by_an_email_in_its_lane_is_recorded_before_the_email_begins(notifier):
+    book(notifier)
+    scheduler = notifier.scheduler()
+    [email] = notifier.claim(scheduler, "email")
+    [sms] = notifier.claim(scheduler, "sms")
+    scheduler._deliver_all([sms, email], threading.Event())
+    assert [r.status for r in notifier.rows(id=sms.id) + notifier.rows(id=email.id)] == [
+        "sent", "sent"]
+    assert len(notifier.published("notify.message.sent")) == 2

@@ -16,6 +16,7 @@ from services.notify.db import (
     SENDING,
     SENT,
     NotifyUnitOfWork,
+    SentRecord,
     claim_due,
     early_reports,
     messages,
@@ -149,6 +150,58 @@ def test_recording_a_send_settles_it_with_its_event_once(engine):
         SENT, later, "SM" + "a" * 32, "queued")
     assert (sent.claim_token, sent.lease_until) == (None, None)
     assert outbox_types(engine) == ["notify.message.sent"]
+
+
+def _sent(message_id, sid: str = "SM" + "b" * 32) -> SentRecord:
+    return SentRecord(message_id, sid, "queued", sent_event(message_id))
+
+
+def test_a_send_is_recorded_by_the_statement_that_begins_the_next(engine):
+    """A send lane's record of one SMS rides on the beginning of its next: one statement,
+    with the same outcome as `record_sent` followed by `start_sms_send`."""
+    token, [first, second] = claimed(engine, 2)
+    with one_statement(engine) as connection:
+        start_sms_send(connection, first.id, token, NOW, LEASE, NO_CAP)
+    later = NOW + timedelta(seconds=1)
+    with one_statement(engine) as connection:
+        assert start_sms_send(connection, second.id, token, later, LEASE, NO_CAP,
+                              sent=_sent(first.id)) == (later, True)
+    recorded, begun = row(engine, first.id), row(engine, second.id)
+    assert (recorded.status, recorded.sent_at, recorded.provider_id, recorded.claim_token) == (
+        SENT, later, "SM" + "b" * 32, None)
+    assert (begun.status, begun.sending_at) == (SENDING, later)
+    assert outbox_types(engine) == ["notify.message.sent"]
+
+
+def test_the_record_is_kept_when_the_next_must_wait_for_its_slot_or_is_not_ours(engine):
+    """Whatever becomes of the next SMS (its slot later, its claim lost), the send before it
+    is recorded now: it never waits out another message's slot unrecorded."""
+    token, [first, second, third] = claimed(engine, 3)
+    interval = timedelta(seconds=1)
+    with one_statement(engine) as connection:
+        start_sms_send(connection, first.id, token, NOW, LEASE, interval)
+        assert start_sms_send(connection, second.id, token, NOW, LEASE, interval,
+                              sent=_sent(first.id)) == (NOW + interval, None)
+    assert row(engine, first.id).status == SENT
+    assert row(engine, second.id).sending_at is None
+    with one_statement(engine) as connection:
+        start_sms_send(connection, second.id, token, NOW + interval, LEASE, interval)
+        assert start_sms_send(connection, third.id, uuid.uuid4(), NOW + 3 * interval, LEASE,
+                              interval, sent=_sent(second.id, "SM" + "c" * 32))[1] is False
+    # The stranger's token recorded nothing of ours: the record needs the claim too.
+    assert row(engine, second.id).status == SENDING
+    with one_statement(engine) as connection:
+        start_sms_send(connection, third.id, token, NOW + 4 * interval, LEASE, interval,
+                       sent=_sent(second.id, "SM" + "c" * 32))
+    assert [row(engine, m.id).status for m in (first, second, third)] == [SENT, SENT, SENDING]
+    assert outbox_types(engine) == ["notify.message.sent"] * 2
+
+
+def test_a_message_is_not_begun_by_its_own_record(engine):
+    token, [message] = claimed(engine)
+    with one_statement(engine) as connection, pytest.raises(ValueError):
+        start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP,
+                       sent=_sent(message.id))
 
 
 def test_early_reports_are_found_once_their_sid_is_recorded(engine):
