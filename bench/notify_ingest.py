@@ -14,6 +14,8 @@ import threading
 import time
 
 import pika
+import psycopg
+import sqlalchemy as sa
 from kombu import Connection, Queue
 
 from bench import notify_stack as stack
@@ -85,10 +87,14 @@ def raw_consume(amqp_url: str, count: int) -> float:
         connection.close()
 
 
-def notifier_consume(env: dict, url: str, count: int) -> float:
+def notifier_consume(env: dict, url: str, count: int, statements: list | None = None
+                     ) -> float:
     """The real consumer and handlers; events per second from connecting until
-    `processed_events` holds `count` rows."""
+    `processed_events` holds `count` rows. `statements`, if given, receives what the handlers
+    sent PostgreSQL: (SQL, parameters) as the driver got them, and None at each commit."""
     context = bootstrap(stack.config(env))
+    if statements is not None:
+        _record_statements(context.engine, statements)
     stop = threading.Event()
     consumer = EventConsumer(env["AMQP_URL"], "notify", bind(HANDLERS, context),
                              prefetch=PREFETCH, stop=stop,
@@ -107,6 +113,36 @@ def notifier_consume(env: dict, url: str, count: int) -> float:
     return count / seconds
 
 
+def _record_statements(engine, statements: list) -> None:
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _statement(_connection, _cursor, sql, parameters, _context, _executemany):
+        statements.append((sql, parameters))
+
+    @sa.event.listens_for(engine, "commit")
+    def _commit(_connection):
+        statements.append(None)
+
+
+def replay(statements: list, count: int) -> float:
+    """The notifier's own statements for `count` events, run again on a new notify database
+    straight from psycopg (prepared, one connection, committed where the handlers committed)
+    with no consumer in front: the most events per second any notifier storing what this one
+    stores could schedule on this machine's PostgreSQL."""
+    with postgres_databases("notify") as urls:
+        url = urls["notify"]
+        stack.migrate(url)
+        with psycopg.connect(stack.libpq(url)) as connection:
+            cursor = connection.cursor()
+            started = time.perf_counter()
+            for statement in statements:
+                if statement is None:
+                    connection.commit()
+                else:
+                    cursor.execute(*statement, prepare=True)
+            connection.commit()
+            return count / (time.perf_counter() - started)
+
+
 def measure(settings: Settings) -> list[Row]:
     workdir = settings.workdir / "notify_ingest"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -122,12 +158,19 @@ def measure(settings: Settings) -> list[Row]:
         stack.wait_until(lambda: _depths(amqp_url) == (EVENTS, EVENTS), 60,
                          f"{EVENTS} events in both queues", interval=0.2)
         raw = raw_consume(amqp_url, EVENTS)
-        ingest = notifier_consume(env, url, EVENTS)
+        statements: list = []
+        ingest = notifier_consume(env, url, EVENTS, statements)
         scheduled = stack.query(url, "SELECT count(*) FROM messages")[0][0]
+    database_alone = replay(statements, EVENTS)
 
     return [
         Row("notify_ingest_vs_raw_consume", ingest, "events/s", raw, Goal("ratio", ">=", 0.5),
             note=f"{EVENTS} booked events consumed by EventConsumer with notify's handlers "
                  f"({scheduled} messages scheduled); baseline: pika consume + ack of the same "
                  f"messages from an identical quorum queue, prefetch {PREFETCH} both"),
+        Row("notify_ingest_database_alone", database_alone, "events/s", raw,
+            note="the statements the notifier ran for those events, replayed straight from "
+                 "psycopg on a new database with no consumer in front: the ceiling of any "
+                 "notifier storing the same rows on this machine's PostgreSQL; baseline: the "
+                 "same pika consume + ack"),
     ]
