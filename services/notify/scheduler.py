@@ -34,6 +34,7 @@ from services.notify.db import (
     SENDING,
     SENT,
     ClaimedMessage,
+    MessageRepository,
     SentRecord,
     cancel_unwanted,
     claim_due,
@@ -387,11 +388,11 @@ class Scheduler:
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
                 time.sleep(wait)
-        with self.context.uow() as uow:
-            if not uow.messages.begin_send(message.id, self.token, self.lease, text_sha256):
-                return False
-            uow.commit()
-        return True
+        # One statement: with several lanes this is common, as another lane's statement can
+        # take the cap's row with a `now` a little later than this lane's.
+        with one_statement(self.context.engine) as connection:
+            return MessageRepository(connection, self.context.clock).begin_send(
+                message.id, self.token, self.lease, text_sha256)
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)
