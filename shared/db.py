@@ -163,16 +163,26 @@ def insert_many(connection: Connection, table: sa.Table, rows: list[dict],
     if connection.dialect.name != "postgresql":
         return connection.execute(finish(sqlite.insert(table)), rows)
     insert = postgresql.insert(table).from_select(columns, _json_rows(table, columns))
-    return connection.execute(finish(insert), {"rows": _rows_as_json(rows)})
+    return connection.execute(finish(insert), {
+        "rows": _rows_as_json(rows, _instant_columns(table, columns))})
 
 
-def _rows_as_json(rows: list[dict]) -> str:
+@functools.cache
+def _instant_columns(table: sa.Table, columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name for name in columns
+                 if isinstance(getattr(table.c[name].type, "impl", table.c[name].type),
+                               sa.DateTime))
+
+
+def _rows_as_json(rows: list[dict], instants: tuple[str, ...]) -> str:
     """Refused here rather than by PostgreSQL, whose error would quote the JSON around the
     value, other patients' details included, into its log and ours: a NUL or a lone surrogate
-    in text, and a datetime without a zone (orjson would write it as a local time)."""
+    in text, and a datetime without a zone in an `instants` column (orjson would write it as
+    a local time)."""
     for row in rows:
-        for value in row.values():
-            if type(value) is datetime and value.tzinfo is None:
+        for name in instants:
+            value = row[name]
+            if isinstance(value, datetime) and value.tzinfo is None:
                 raise ValueError("naive datetime refused: store instants as aware UTC")
     try:
         encoded = orjson.dumps(rows)

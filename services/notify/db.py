@@ -595,8 +595,10 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
 
     The cap's row is locked for the whole statement, so the statement never waits for
     anything else: a message row locked by another transaction (a cancellation in progress)
-    is skipped, not waited for, and left to `begin_send`. Otherwise every worker's SMS would
-    queue behind that one transaction."""
+    is skipped, not waited for, and left to `begin_send`; so is the row of `sent`, which is
+    then recorded by a statement of its own after this one, outside the cap's lock. Otherwise
+    every worker's SMS would queue behind that one transaction, and the lane could deadlock
+    with it (a reschedule withdraws the begun reminder, then moves the claimed form nudge)."""
     if sent is not None and sent.message_id == message_id:
         raise ValueError("a send is recorded before its message is begun again")
     if connection.dialect.name != "postgresql":
@@ -613,9 +615,12 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
     if sent is None:
         slot, begun, free = _START_SMS_SEND.one(connection, parameters)
     else:
-        slot, begun, free = _RECORD_SENT_AND_START_SMS_SEND.one(connection, dict(
+        slot, begun, free, settled = _RECORD_SENT_AND_START_SMS_SEND.one(connection, dict(
             parameters, **_record_parameters(sent.message_id, now, sent.provider_id,
                                              sent.provider_status, sent.event)))
+        if not settled:     # its row was locked (or the claim is gone: then this does nothing)
+            record_sent(connection, sent.message_id, token, now, sent.provider_id,
+                        sent.provider_status, sent.event)
     if slot > now:
         return slot, None               # wait for the slot, then begin
     if begun or free:
@@ -623,8 +628,8 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
     return slot, None                   # the row was locked: `begin_send` waits for it
 
 
-# Each SMS runs one of these once, and _RECORD_SENT for the last of a lane's run: straight on
-# the driver (`shared.direct`).
+# Each SMS runs one of these once, and _RECORD_SENT when it is not followed at once by another
+# SMS of its lane (`Scheduler._deliver`): straight on the driver (`shared.direct`).
 _START_CTES = f"""
     slot AS (     -- one upsert under the row's lock: no slot is handed out twice
         INSERT INTO rate_limits (name, next_slot_at) VALUES (:name, :now + :interval)
@@ -645,12 +650,15 @@ _START_CTES = f"""
 # The record of `_record_sent_statement`, as text to go before _START_CTES. Data-modifying
 # CTEs run once, whether the final SELECT reads them or not.
 _SETTLED_CTES = f"""
+    settle_target AS (
+        SELECT id FROM messages WHERE id = :message_id FOR UPDATE SKIP LOCKED),
     settled AS (
         UPDATE messages
            SET status = '{SENT}', sent_at = :now, provider_id = :provider_id,
                provider_status = :provider_status, error = NULL, error_code = NULL,
                claim_token = NULL, lease_until = NULL, updated_at = :now
-         WHERE id = :message_id AND claim_token = :token AND status = '{SENDING}'
+         WHERE id IN (SELECT id FROM settle_target) AND claim_token = :token
+           AND status = '{SENDING}'
         RETURNING id),
     announced AS (
         INSERT INTO outbox (event_id, type, subject, body, created_at)
@@ -667,13 +675,13 @@ _START_COLUMNS = (sa.column("at", UTCDateTime), sa.column("begun", sa.Boolean),
 _START_SMS_SEND = DirectStatement(sa.text(f"WITH {_START_CTES}").bindparams(
     *_START_PARAMETERS).columns(*_START_COLUMNS))
 _RECORD_SENT_AND_START_SMS_SEND = DirectStatement(sa.text(
-    f"WITH {_SETTLED_CTES} {_START_CTES}").bindparams(
+    f"WITH {_SETTLED_CTES} {_START_CTES}, EXISTS (SELECT 1 FROM settled)").bindparams(
     *_START_PARAMETERS, sa.bindparam("message_id", type_=sa.Uuid),
     sa.bindparam("provider_id", type_=sa.String),
     sa.bindparam("provider_status", type_=sa.String),
     *(sa.bindparam(f"event_{name}", type_=shared_tables.outbox.c[name].type)
       for name in ("event_id", "type", "subject", "body", "created_at")),
-).columns(*_START_COLUMNS))
+).columns(*_START_COLUMNS, sa.column("settled", sa.Boolean)))
 
 
 def record_sent(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,

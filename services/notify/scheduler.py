@@ -239,8 +239,8 @@ class Scheduler:
         """Up to NOTIFY_SEND_CONCURRENCY sends in flight at once: a provider answering in
         200 ms would otherwise hold a worker to five texts a second. Each lane takes the next
         message when it is free, and records each SMS it sent with the beginning of its next
-        (`_deliver`). Each message keeps its own claim, slot and record, so running them side
-        by side changes nothing of the send-once protocol."""
+        (`_deliver`), still before that one begins. Each message keeps its own claim, slot and
+        record, so running them side by side changes nothing of the send-once protocol."""
         def one(message: ClaimedMessage, unrecorded: _Sent | None) -> _Sent | None:
             try:
                 if stop.is_set():

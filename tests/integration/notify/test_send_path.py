@@ -4,6 +4,7 @@ one statement each on PostgreSQL, a short transaction on SQLite, the same outcom
 A claim that is no longer ours records nothing, and a send is never begun before its slot."""
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -195,6 +196,53 @@ def test_the_record_is_kept_when_the_next_must_wait_for_its_slot_or_is_not_ours(
                        sent=_sent(second.id, "SM" + "c" * 32))
     assert [row(engine, m.id).status for m in (first, second, third)] == [SENT, SENT, SENDING]
     assert outbox_types(engine) == ["notify.message.sent"] * 2
+
+
+def test_a_carried_send_locked_elsewhere_is_not_waited_for_under_the_caps_lock(
+        make_postgres_url):
+    """The send a lane carries may be locked by a cancellation or a STOP withdrawing it.
+    Waited for under the cap's row, that would stall every worker's SMS (and deadlock with a
+    reschedule, which withdraws one message and then moves another): it is skipped, the next
+    SMS begins, and it is recorded after, by a statement of its own that waits outside."""
+    engine = make_engine(make_postgres_url())
+    upgrade(engine, "notify")
+    token, [first, second, third] = claimed(engine, 3)
+    try:
+        with one_statement(engine) as connection:
+            start_sms_send(connection, first.id, token, NOW, LEASE, NO_CAP)
+        with ThreadPoolExecutor(2) as pool, engine.connect() as holder:
+            holder.execute(sa.select(messages.c.id).where(messages.c.id == first.id)
+                           .with_for_update())
+
+            def start(message, sent=None):
+                with one_statement(engine) as connection:
+                    return start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP,
+                                          sent=sent)
+            lane = pool.submit(start, second, _sent(first.id))
+            _until_a_session_waits_for_a_lock(engine)
+            assert row(engine, second.id).status == SENDING     # begun, committed
+            assert pool.submit(start, third).result(timeout=5) == (NOW, True)
+            assert not lane.done()
+            holder.rollback()
+            assert lane.result(timeout=5) == (NOW, True)
+        assert [row(engine, m.id).status for m in (first, second, third)] == [
+            SENT, SENDING, SENDING]
+        assert row(engine, second.id).sending_at == NOW
+        assert outbox_types(engine) == ["notify.message.sent"]
+    finally:
+        engine.dispose()
+
+
+def _until_a_session_waits_for_a_lock(engine, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as connection:    # a new transaction sees the activity anew
+            if connection.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()")).scalar():
+                return
+        assert time.monotonic() < deadline, "no session came to wait for the lock"
+        time.sleep(0.01)
 
 
 def test_a_message_is_not_begun_by_its_own_record(engine):
