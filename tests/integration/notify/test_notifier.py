@@ -769,7 +769,48 @@ def _two_rounds_of_sms(notifier, concurrency=8):
         worker.join(30)
     phones = [m["to"] for m in notifier.twilio.messages]
     assert len(phones) == 24 and len(set(phones)) == 24
+    _each_sms_at_twilio_recorded_once(notifier)
     return scheduler, first_round, notifier.twilio.most_at_once
+
+
+def _each_sms_at_twilio_recorded_once(notifier) -> None:
+    """Every SMS Twilio took is recorded `sent` with the sid Twilio gave it, with one
+    `notify.message.sent` event: whichever lane sent it, and whether its record rode on the
+    lane's next beginning or was made on its own."""
+    sids = {m["to"]: m["sid"] for m in notifier.twilio.messages}
+    rows = [r for r in notifier.rows(channel="sms", kind="confirmation") if r.to_address in sids]
+    assert len(rows) == len(sids)
+    assert {(r.to_address, r.status, r.provider_id) for r in rows} == {
+        (to, "sent", sid) for to, sid in sids.items()}
+    assert sorted(e.data["message_id"] for e in notifier.published("notify.message.sent")
+                  if e.data["channel"] == "sms") == sorted(str(r.id) for r in rows)
+
+
+def test_a_worker_stopped_mid_round_records_what_went_and_hands_back_the_rest(notifier):
+    """Stopping while 8 lanes send: each SMS Twilio took is recorded once (a lane's carried
+    record is made as it stops), and none of the others is left `sending` or goes."""
+    notifier.twilio.delay = 0.05
+    for n in range(40):
+        book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
+             contact=contact(phone=f"+4474007{n:05d}", email_ok=False))
+    config = notifier.context.config.with_(sms_max_per_second=100_000,
+                                           notify_send_concurrency=8)
+    scheduler = notifier.scheduler()
+    scheduler.context = dataclasses.replace(notifier.context, config=config)
+    scheduler.__post_init__()
+    stop = threading.Event()
+    worker = threading.Thread(target=scheduler.run, args=(stop,))
+    worker.start()
+    try:
+        _eventually(lambda: len(notifier.twilio.messages) >= 10, "10 SMS at Twilio")
+    finally:
+        stop.set()
+        worker.join(30)
+    went = len(notifier.twilio.messages)
+    assert 10 <= went < 40, went
+    _each_sms_at_twilio_recorded_once(notifier)
+    statuses = [r.status for r in notifier.rows(channel="sms", kind="confirmation")]
+    assert statuses.count("sent") == went and statuses.count("pending") == 40 - went
 
 
 def test_a_slow_provider_has_every_send_lane_in_flight(notifier):
