@@ -37,6 +37,7 @@ GSM7_BASIC = frozenset(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+_GSM7 = GSM7_BASIC | GSM7_EXTENSION
 
 # Typographic characters that creep in through config or pasted names ("O’Brien") and would
 # turn a one-part GSM-7 text into a three-part UCS-2 one: replaced by their plain forms.
@@ -114,6 +115,9 @@ class MessageTexts:
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             trim_blocks=True,
             lstrip_blocks=True,
+            # Templates ship with the code: a running worker never needs to look at the files
+            # again (by default it does, on every message).
+            auto_reload=False,
         )
         self._env.filters["clinic_time"] = lambda value: clinic_time(value, tz)
         self._env.globals.update(
@@ -128,8 +132,10 @@ class MessageTexts:
         """The SMS body on one line: templates wrap for readability, a text does not."""
         if kind not in SMS_KINDS:
             raise ValueError(f"no SMS text for {kind!r}")
-        text = " ".join(self._render(f"sms/{kind}.txt", context).split())
-        return "".join(_in_gsm7(char) for char in text.translate(_PLAIN_GSM7))
+        text = " ".join(self._render(f"sms/{kind}.txt", context).split()).translate(_PLAIN_GSM7)
+        if _GSM7.issuperset(text):      # as almost every text is: one pass, in C
+            return text
+        return "".join(_in_gsm7(char) for char in text)
 
     def email(self, kind: str, context: dict[str, Any]) -> tuple[str, str, str]:
         """Subject, plain-text body and HTML body.
