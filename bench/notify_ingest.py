@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from kombu import Connection, Queue
 
 from bench import notify_stack as stack
-from bench.infra import postgres_databases, rabbitmq_vhost
+from bench.infra import checkpoint, postgres_databases, rabbitmq_vhost
 from bench.relay import WINDOW, WindowedPublisher, booked_events
 from bench.report import Goal, Row
 from bench.settings import Settings
@@ -131,6 +131,7 @@ def replay(statements: list, count: int) -> float:
     with postgres_databases("notify") as urls:
         url = urls["notify"]
         stack.migrate(url)
+        checkpoint()
         with psycopg.connect(stack.libpq(url)) as connection:
             cursor = connection.cursor()
             started = time.perf_counter()
@@ -157,6 +158,7 @@ def measure(settings: Settings) -> list[Row]:
         published, _ = WindowedPublisher(amqp_url, messages, WINDOW).run()
         stack.wait_until(lambda: _depths(amqp_url) == (EVENTS, EVENTS), 60,
                          f"{EVENTS} events in both queues", interval=0.2)
+        checkpoint()
         raw = raw_consume(amqp_url, EVENTS)
         statements: list = []
         ingest = notifier_consume(env, url, EVENTS, statements)
