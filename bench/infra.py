@@ -55,7 +55,10 @@ def checkpoint() -> None:
     """Have PostgreSQL write out what earlier measurements left dirty (the notifier's million
     scheduled rows, a few seconds before), so that flushing it does not fall on the next one."""
     with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute("CHECKPOINT")
+        try:
+            admin.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            pass    # an admin URL without superuser or pg_checkpoint: measured as it is
 
 
 @contextlib.contextmanager

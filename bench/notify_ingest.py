@@ -33,6 +33,7 @@ from shared.worker import bind
 EVENTS = 2000
 PREFETCH = 50
 RAW_QUEUE = "clinic.bench-raw"
+COMMIT, ROLLBACK = object(), object()     # where a captured transaction ended
 
 
 def _declare_queues(amqp_url: str) -> None:
@@ -91,7 +92,8 @@ def notifier_consume(env: dict, url: str, count: int, statements: list | None = 
                      ) -> float:
     """The real consumer and handlers; events per second from connecting until
     `processed_events` holds `count` rows. `statements`, if given, receives what the handlers
-    sent PostgreSQL: (SQL, parameters) as the driver got them, and None at each commit."""
+    sent PostgreSQL: (SQL, parameters) as the driver got them, and COMMIT or ROLLBACK where
+    a transaction ended so."""
     context = bootstrap(stack.config(env))
     if statements is not None:
         _record_statements(context.engine, statements)
@@ -120,14 +122,19 @@ def _record_statements(engine, statements: list) -> None:
 
     @sa.event.listens_for(engine, "commit")
     def _commit(_connection):
-        statements.append(None)
+        statements.append(COMMIT)
+
+    @sa.event.listens_for(engine, "rollback")
+    def _rollback(_connection):
+        statements.append(ROLLBACK)
 
 
 def replay(statements: list, count: int) -> float:
     """The notifier's own statements for `count` events, run again on a new notify database
     straight from psycopg (prepared, one connection, committed where the handlers committed)
-    with no consumer in front: the most events per second any notifier storing what this one
-    stores could schedule on this machine's PostgreSQL."""
+    with no consumer in front: what this machine's PostgreSQL takes to store them as this
+    notifier does (a transaction per batch of up to 50 events, on one connection), with no
+    Python work in front of it."""
     with postgres_databases("notify") as urls:
         url = urls["notify"]
         stack.migrate(url)
@@ -136,8 +143,10 @@ def replay(statements: list, count: int) -> float:
             cursor = connection.cursor()
             started = time.perf_counter()
             for statement in statements:
-                if statement is None:
+                if statement is COMMIT:
                     connection.commit()
+                elif statement is ROLLBACK:
+                    connection.rollback()
                 else:
                     cursor.execute(*statement, prepare=True)
             connection.commit()
@@ -172,7 +181,7 @@ def measure(settings: Settings) -> list[Row]:
                  f"messages from an identical quorum queue, prefetch {PREFETCH} both"),
         Row("notify_ingest_database_alone", database_alone, "events/s", raw,
             note="the statements the notifier ran for those events, replayed straight from "
-                 "psycopg on a new database with no consumer in front: the ceiling of any "
-                 "notifier storing the same rows on this machine's PostgreSQL; baseline: the "
-                 "same pika consume + ack"),
+                 "psycopg on a new database with no consumer in front (same transactions, one "
+                 "connection): PostgreSQL's share of the ingest on this machine; baseline: "
+                 "the same pika consume + ack"),
     ]

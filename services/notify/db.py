@@ -582,45 +582,70 @@ class SentRecord(NamedTuple):
 
 def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
                    now: datetime, lease: timedelta, interval: timedelta,
-                   text_sha256: str | None = None, sent: SentRecord | None = None
-                   ) -> tuple[datetime, bool | None]:
+                   text_sha256: str | None = None) -> tuple[datetime, bool | None]:
     """Take the SMS cap's next slot (`_reserve_slot`) and, when that slot is now, begin the send
     (`begin_send`) in the same statement. The slot, and whether the send began: None when it
     is still to begin, by `begin_send` after waiting for the slot. A send is never begun
     before its wait (a cancellation or STOP during the wait must still find it not begun).
 
-    `sent`: the send this worker made just before, recorded (as `record_sent`) by the same
-    statement, whatever becomes of this one. A send lane records each SMS with the beginning
-    of its next: one round trip and one commit per SMS instead of two.
-
     The cap's row is locked for the whole statement, so the statement never waits for
     anything else: a message row locked by another transaction (a cancellation in progress)
-    is skipped, not waited for, and left to `begin_send`; so is the row of `sent`, which is
-    then recorded by a statement of its own after this one, outside the cap's lock. Otherwise
-    every worker's SMS would queue behind that one transaction, and the lane could deadlock
-    with it (a reschedule withdraws the begun reminder, then moves the claimed form nudge)."""
-    if sent is not None and sent.message_id == message_id:
+    is skipped, not waited for, and left to `begin_send`. Otherwise every worker's SMS would
+    queue behind that one transaction."""
+    if connection.dialect.name != "postgresql":
+        return _start_in_steps(connection, message_id, token, now, lease, interval, text_sha256)
+    slot, begun, free = _START_SMS_SEND.one(connection, _start_parameters(
+        message_id, token, now, lease, interval, text_sha256))
+    return _started(slot, begun, free, now)
+
+
+def record_sent_and_start_sms_send(
+        connection: Connection, sent: SentRecord, message_id: uuid.UUID, token: uuid.UUID,
+        now: datetime, lease: timedelta, interval: timedelta, text_sha256: str | None = None
+) -> tuple[datetime, bool | None, bool]:
+    """`record_sent` for `sent`, the send this worker made just before, and `start_sms_send`
+    for the next, in one statement: a send lane costs one round trip and one commit per SMS
+    instead of two. The slot, whether it began, and whether `sent` was recorded.
+
+    Not recorded (False) when another transaction holds its row (a cancellation or STOP
+    withdrawing it): as `start_sms_send` skips a locked message row rather than wait under
+    the cap's lock, this skips that one, and the caller records it later by `record_sent`.
+    Waiting here would stall every worker's SMS behind that one transaction, and could
+    deadlock with a reschedule, which withdraws one message and then moves another. Also
+    False when the claim on it is gone, and then `record_sent` will find nothing to do."""
+    if sent.message_id == message_id:
         raise ValueError("a send is recorded before its message is begun again")
     if connection.dialect.name != "postgresql":
-        if sent is not None:
-            record_sent(connection, sent.message_id, token, now, sent.provider_id,
-                        sent.provider_status, sent.event)
-        slot = _reserve_slot(connection, "sms", now, interval)
-        if slot > now:
-            return slot, None
-        return slot, MessageRepository(connection, FixedClock(now)).begin_send(
-            message_id, token, lease, text_sha256)
-    parameters = dict(name="sms", now=now, interval=interval, lease_until=now + lease,
-                      id=message_id, token=token, digest=text_sha256)
-    if sent is None:
-        slot, begun, free = _START_SMS_SEND.one(connection, parameters)
-    else:
-        slot, begun, free, settled = _RECORD_SENT_AND_START_SMS_SEND.one(connection, dict(
-            parameters, **_record_parameters(sent.message_id, now, sent.provider_id,
-                                             sent.provider_status, sent.event)))
-        if not settled:     # its row was locked (or the claim is gone: then this does nothing)
-            record_sent(connection, sent.message_id, token, now, sent.provider_id,
-                        sent.provider_status, sent.event)
+        settled = record_sent(connection, sent.message_id, token, now, sent.provider_id,
+                              sent.provider_status, sent.event)
+        return (*_start_in_steps(connection, message_id, token, now, lease, interval,
+                                 text_sha256), settled)
+    slot, begun, free, settled = _RECORD_SENT_AND_START_SMS_SEND.one(connection, dict(
+        _start_parameters(message_id, token, now, lease, interval, text_sha256),
+        **_record_parameters(sent.message_id, now, sent.provider_id, sent.provider_status,
+                             sent.event)))
+    return (*_started(slot, begun, free, now), settled)
+
+
+def _start_in_steps(connection: Connection, message_id: uuid.UUID, token: uuid.UUID,
+                    now: datetime, lease: timedelta, interval: timedelta,
+                    text_sha256: str | None) -> tuple[datetime, bool | None]:
+    """SQLite (one process, so nothing to skip): the same, as steps in one transaction."""
+    slot = _reserve_slot(connection, "sms", now, interval)
+    if slot > now:
+        return slot, None
+    return slot, MessageRepository(connection, FixedClock(now)).begin_send(
+        message_id, token, lease, text_sha256)
+
+
+def _start_parameters(message_id: uuid.UUID, token: uuid.UUID, now: datetime,
+                      lease: timedelta, interval: timedelta, text_sha256: str | None) -> dict:
+    return dict(name="sms", now=now, interval=interval, lease_until=now + lease,
+                id=message_id, token=token, digest=text_sha256)
+
+
+def _started(slot: datetime, begun: bool, free: bool, now: datetime
+             ) -> tuple[datetime, bool | None]:
     if slot > now:
         return slot, None               # wait for the slot, then begin
     if begun or free:
@@ -628,8 +653,8 @@ def start_sms_send(connection: Connection, message_id: uuid.UUID, token: uuid.UU
     return slot, None                   # the row was locked: `begin_send` waits for it
 
 
-# Each SMS runs one of these once, and _RECORD_SENT when it is not followed at once by another
-# SMS of its lane (`Scheduler._deliver`): straight on the driver (`shared.direct`).
+# Each SMS runs one of these once, and _RECORD_SENT when it is not recorded by its lane's next
+# (`Scheduler._deliver`): straight on the driver (`shared.direct`).
 _START_CTES = f"""
     slot AS (     -- one upsert under the row's lock: no slot is handed out twice
         INSERT INTO rate_limits (name, next_slot_at) VALUES (:name, :now + :interval)

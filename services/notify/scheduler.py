@@ -42,6 +42,7 @@ from services.notify.db import (
     expired_leases,
     messages,
     record_sent,
+    record_sent_and_start_sms_send,
     recorded_early_reports,
     start_sms_send,
     webhook_receipts,
@@ -239,12 +240,12 @@ class Scheduler:
         """Up to NOTIFY_SEND_CONCURRENCY sends in flight at once: a provider answering in
         200 ms would otherwise hold a worker to five texts a second. Each lane takes the next
         message when it is free, and records each SMS it sent with the beginning of its next
-        (`_deliver`), still before that one begins. Each message keeps its own claim, slot and
+        (`_deliver`). Each message keeps its own claim, slot and
         record, so running them side by side changes nothing of the send-once protocol."""
         def one(message: ClaimedMessage, unrecorded: _Sent | None) -> _Sent | None:
             try:
                 if stop.is_set():
-                    self._record(unrecorded)
+                    self._record_or_leave(unrecorded)
                     self._release(message)
                     return None
                 return self._deliver(message, unrecorded)
@@ -313,7 +314,8 @@ class Scheduler:
         """Send one message. A send the provider accepted is returned, for the caller to
         record (`_record`); `unrecorded`, the caller's previous one, is recorded here: by the
         statement that begins this SMS, or first. A lane thus costs one statement per SMS,
-        not two, and its sends are still recorded one by one, each before the next begins."""
+        not two. A record whose row another transaction holds is made after this send instead
+        (`_begin`)."""
         if message.attempts >= MAX_ATTEMPTS:
             self._record(unrecorded)
             self._failed(message, None, f"gave up after {message.attempts} attempts")
@@ -326,22 +328,26 @@ class Scheduler:
             return None
         if not self._still_timely(message, unrecorded):
             return None
-        if not self._begin(message, _digest(rendered) if message.channel == "sms" else None,
-                           unrecorded):
+        began, unrecorded = self._begin(
+            message, _digest(rendered) if message.channel == "sms" else None, unrecorded)
+        if not began:
+            self._record(unrecorded)
             # cancelled, opted out or taken over meanwhile,
             self._cancel_if_withdrawn(message)   # or withdrawn while an earlier try was begun
             return None
+        sent = None
         try:
             result = self._send(message, rendered)
         except ClaimLost:
-            return None                     # another worker holds it now; nothing went out
+            pass                            # another worker holds it now; nothing went out
         except PermanentSendError as error:
             self._failed(message, error.code, error.message)
         except TransientSendError as error:
             self._retry_later(message, error)
         else:
-            return _Sent(message, result.provider_id, result.status)
-        return None
+            sent = _Sent(message, result.provider_id, result.status)
+        self._record(unrecorded)            # held elsewhere as this one began: recorded now
+        return sent
 
     def _still_timely(self, message: ClaimedMessage, unrecorded: _Sent | None = None) -> bool:
         """A scheduled message sent late must still keep quiet hours and still be of use
@@ -369,22 +375,31 @@ class Scheduler:
         return texts.email(message.kind, message.context)
 
     def _begin(self, message: ClaimedMessage, text_sha256: str | None = None,
-               unrecorded: _Sent | None = None) -> bool:
+               unrecorded: _Sent | None = None) -> tuple[bool, _Sent | None]:
         """Commit `sending_at`, after any wait for the SMS cap's slot, so a cancellation or STOP
         during the wait still finds the message not begun and stops it. When the slot is now
         (no wait), slot and beginning are one statement, which also records `unrecorded`
-        (first, for an email). Whether it began."""
+        (first, for an email). Whether it began, and `unrecorded` if it is still unrecorded
+        (its row was held by another transaction): the caller records it after this send,
+        so that this begun message's lease never waits on that transaction."""
         if message.channel != "sms":
             self._record(unrecorded)
+            unrecorded = None
         else:
             now = self.context.clock.now()
-            sent = self._sent_record(unrecorded) if unrecorded is not None else None
             with one_statement(self.context.engine) as connection:
-                slot, begun = start_sms_send(connection, message.id, self.token, now,
-                                             self.lease, self.interval, text_sha256, sent)
-            self._log_sent(unrecorded)
+                if unrecorded is None:
+                    slot, begun = start_sms_send(connection, message.id, self.token, now,
+                                                 self.lease, self.interval, text_sha256)
+                else:
+                    slot, begun, settled = record_sent_and_start_sms_send(
+                        connection, self._sent_record(unrecorded), message.id, self.token, now,
+                        self.lease, self.interval, text_sha256)
+                    if settled:
+                        self._log_sent(unrecorded)
+                        unrecorded = None
             if begun is not None:
-                return begun
+                return begun, unrecorded
             wait = (slot - self.context.clock.now()).total_seconds()
             if wait > 0:
                 time.sleep(wait)
@@ -392,7 +407,7 @@ class Scheduler:
         # take the cap's row with a `now` a little later than this lane's.
         with one_statement(self.context.engine) as connection:
             return MessageRepository(connection, self.context.clock).begin_send(
-                message.id, self.token, self.lease, text_sha256)
+                message.id, self.token, self.lease, text_sha256), unrecorded
 
     def _send(self, message: ClaimedMessage, rendered=None):
         rendered = rendered or self._render(message)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from services.notify.db import metadata
+from services.notify.db import messages, metadata
 from services.notify.senders import TransientSendError
 from shared.events import Event
 from tests.integration.notify.conftest import (
@@ -289,7 +289,7 @@ def test_a_send_begun_then_moved_and_refused_with_429_does_not_go_with_the_old_t
     appointment_id, _ = book(notifier, contact=contact(email_ok=False))
     scheduler = notifier.scheduler()
     [message] = notifier.claim(scheduler, "sms")
-    assert scheduler._begin(message)
+    assert scheduler._begin(message) == (True, None)
     notifier.handle(appointment_event(
         "rescheduled", appointment_id, STARTS + timedelta(days=1), notifier.clock.now(),
         previous_starts_at=STARTS.isoformat(), contact=contact(email_ok=False)))
@@ -789,7 +789,7 @@ def _each_sms_at_twilio_recorded_once(notifier) -> None:
 def test_a_worker_stopped_mid_round_records_what_went_and_hands_back_the_rest(notifier):
     """Stopping while 8 lanes send: each SMS Twilio took is recorded once (a lane's carried
     record is made as it stops), and none of the others is left `sending` or goes."""
-    notifier.twilio.delay = 0.05
+    notifier.twilio.delay = 0.1
     for n in range(40):
         book(notifier, starts_at=STARTS + timedelta(minutes=30 * n),
              contact=contact(phone=f"+4474007{n:05d}", email_ok=False))
@@ -989,7 +989,7 @@ def test_a_send_in_doubt_is_recognised_though_its_text_would_now_render_otherwis
     dead = notifier.scheduler()
     [message] = notifier.claim(dead, "sms")
     rendered = dead._render(message)
-    assert dead._begin(message, hashlib.sha256(rendered.encode()).hexdigest())
+    assert dead._begin(message, hashlib.sha256(rendered.encode()).hexdigest()) == (True, None)
     dead._send(message, rendered)            # Twilio took it; the worker died before recording
     with notifier.engine.begin() as connection:
         connection.exec_driver_sql(
@@ -1051,7 +1051,39 @@ def test_an_sms_is_recorded_though_the_next_in_its_lane_is_not_sent(notifier, ho
         str(first.id)]
 
 
-def test_an_sms_followed_by_an_email_in_its_lane_is_recorded_before_the_email_begins(notifier):
+def test_a_carried_sms_whose_row_is_held_elsewhere_holds_back_neither_the_next_nor_its_record(
+        notifier):
+    """A cancellation may hold the row of the SMS a lane just sent while the lane begins its
+    next. The next is begun and goes to Twilio without waiting for that transaction (a long
+    wait could have run out its lease, and another worker sent it again); the one held is
+    recorded once the holder lets go."""
+    notifier.twilio.delay = 0.3
+    for n in range(2):
+        book(notifier, starts_at=STARTS + timedelta(hours=n),
+             contact=contact(phone=f"+4474008{n:05d}", email_ok=False))
+    scheduler = notifier.scheduler()
+    first, second = notifier.claim(scheduler, "sms")
+    lane = threading.Thread(target=scheduler._deliver_all,
+                            args=([first, second], threading.Event()))
+    with notifier.engine.connect() as holder:
+        lane.start()
+        try:
+            _eventually(lambda: len(notifier.twilio.messages) >= 1, "the first SMS at Twilio")
+            holder.execute(sa.select(messages.c.id).where(messages.c.id == first.id)
+                           .with_for_update())
+            _eventually(lambda: len(notifier.twilio.messages) >= 2,
+                        "the second SMS at Twilio while the first's row is held")
+            assert notifier.rows(id=first.id)[0].status == "sending"
+        finally:
+            holder.rollback()
+            lane.join(10)
+    sids = {m["to"]: m["sid"] for m in notifier.twilio.messages}
+    assert {(r.status, r.provider_id) for r in notifier.rows(kind="confirmation")} == {
+        ("sent", sids[r.to_address]) for r in notifier.rows(kind="confirmation")}
+    assert len(notifier.published("notify.message.sent")) == 2
+
+
+def test_an_sms_followed_by_an_email_in_its_lane_are_both_recorded(notifier):
     book(notifier)
     scheduler = notifier.scheduler()
     [email] = notifier.claim(scheduler, "email")

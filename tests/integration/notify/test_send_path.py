@@ -4,7 +4,6 @@ one statement each on PostgreSQL, a short transaction on SQLite, the same outcom
 A claim that is no longer ours records nothing, and a send is never begun before its slot."""
 from __future__ import annotations
 
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from services.notify.db import (
     early_reports,
     messages,
     record_sent,
+    record_sent_and_start_sms_send,
     recorded_early_reports,
     shared_tables,
     start_sms_send,
@@ -165,8 +165,8 @@ def test_a_send_is_recorded_by_the_statement_that_begins_the_next(engine):
         start_sms_send(connection, first.id, token, NOW, LEASE, NO_CAP)
     later = NOW + timedelta(seconds=1)
     with one_statement(engine) as connection:
-        assert start_sms_send(connection, second.id, token, later, LEASE, NO_CAP,
-                              sent=_sent(first.id)) == (later, True)
+        assert record_sent_and_start_sms_send(connection, _sent(first.id), second.id, token,
+                                              later, LEASE, NO_CAP) == (later, True, True)
     recorded, begun = row(engine, first.id), row(engine, second.id)
     assert (recorded.status, recorded.sent_at, recorded.provider_id, recorded.claim_token) == (
         SENT, later, "SM" + "b" * 32, None)
@@ -181,19 +181,22 @@ def test_the_record_is_kept_when_the_next_must_wait_for_its_slot_or_is_not_ours(
     interval = timedelta(seconds=1)
     with one_statement(engine) as connection:
         start_sms_send(connection, first.id, token, NOW, LEASE, interval)
-        assert start_sms_send(connection, second.id, token, NOW, LEASE, interval,
-                              sent=_sent(first.id)) == (NOW + interval, None)
+        assert record_sent_and_start_sms_send(connection, _sent(first.id), second.id, token,
+                                              NOW, LEASE, interval) == (
+            NOW + interval, None, True)
     assert row(engine, first.id).status == SENT
     assert row(engine, second.id).sending_at is None
     with one_statement(engine) as connection:
         start_sms_send(connection, second.id, token, NOW + interval, LEASE, interval)
-        assert start_sms_send(connection, third.id, uuid.uuid4(), NOW + 3 * interval, LEASE,
-                              interval, sent=_sent(second.id, "SM" + "c" * 32))[1] is False
-    # The stranger's token recorded nothing of ours: the record needs the claim too.
+        # A stranger's token records nothing of ours: the record needs the claim too.
+        assert record_sent_and_start_sms_send(
+            connection, _sent(second.id, "SM" + "c" * 32), third.id, uuid.uuid4(),
+            NOW + 3 * interval, LEASE, interval)[1:] == (False, False)
     assert row(engine, second.id).status == SENDING
     with one_statement(engine) as connection:
-        start_sms_send(connection, third.id, token, NOW + 4 * interval, LEASE, interval,
-                       sent=_sent(second.id, "SM" + "c" * 32))
+        assert record_sent_and_start_sms_send(
+            connection, _sent(second.id, "SM" + "c" * 32), third.id, token,
+            NOW + 4 * interval, LEASE, interval) == (NOW + 4 * interval, True, True)
     assert [row(engine, m.id).status for m in (first, second, third)] == [SENT, SENT, SENDING]
     assert outbox_types(engine) == ["notify.message.sent"] * 2
 
@@ -202,54 +205,39 @@ def test_a_carried_send_locked_elsewhere_is_not_waited_for_under_the_caps_lock(
         make_postgres_url):
     """The send a lane carries may be locked by a cancellation or a STOP withdrawing it.
     Waited for under the cap's row, that would stall every worker's SMS (and deadlock with a
-    reschedule, which withdraws one message and then moves another): it is skipped, the next
-    SMS begins, and it is recorded after, by a statement of its own that waits outside."""
+    reschedule, which withdraws one message and then moves another): it is skipped, said to
+    be unrecorded, and the next SMS begins at once; `record_sent` records it later."""
     engine = make_engine(make_postgres_url())
     upgrade(engine, "notify")
-    token, [first, second, third] = claimed(engine, 3)
+    token, [first, second] = claimed(engine, 2)
     try:
         with one_statement(engine) as connection:
             start_sms_send(connection, first.id, token, NOW, LEASE, NO_CAP)
-        with ThreadPoolExecutor(2) as pool, engine.connect() as holder:
+        with ThreadPoolExecutor(1) as pool, engine.connect() as holder:
             holder.execute(sa.select(messages.c.id).where(messages.c.id == first.id)
                            .with_for_update())
 
-            def start(message, sent=None):
+            def record_and_start():
                 with one_statement(engine) as connection:
-                    return start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP,
-                                          sent=sent)
-            lane = pool.submit(start, second, _sent(first.id))
-            _until_a_session_waits_for_a_lock(engine)
-            assert row(engine, second.id).status == SENDING     # begun, committed
-            assert pool.submit(start, third).result(timeout=5) == (NOW, True)
-            assert not lane.done()
+                    return record_sent_and_start_sms_send(connection, _sent(first.id),
+                                                          second.id, token, NOW, LEASE, NO_CAP)
+            assert pool.submit(record_and_start).result(timeout=5) == (NOW, True, False)
+            assert row(engine, second.id).sending_at == NOW      # begun and committed
             holder.rollback()
-            assert lane.result(timeout=5) == (NOW, True)
-        assert [row(engine, m.id).status for m in (first, second, third)] == [
-            SENT, SENDING, SENDING]
-        assert row(engine, second.id).sending_at == NOW
+        with one_statement(engine) as connection:
+            assert record_sent(connection, first.id, token, NOW, "SM" + "b" * 32, "queued",
+                               sent_event(first.id))
+        assert row(engine, first.id).status == SENT
         assert outbox_types(engine) == ["notify.message.sent"]
     finally:
         engine.dispose()
 
 
-def _until_a_session_waits_for_a_lock(engine, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with engine.connect() as connection:    # a new transaction sees the activity anew
-            if connection.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()")).scalar():
-                return
-        assert time.monotonic() < deadline, "no session came to wait for the lock"
-        time.sleep(0.01)
-
-
 def test_a_message_is_not_begun_by_its_own_record(engine):
     token, [message] = claimed(engine)
     with one_statement(engine) as connection, pytest.raises(ValueError):
-        start_sms_send(connection, message.id, token, NOW, LEASE, NO_CAP,
-                       sent=_sent(message.id))
+        record_sent_and_start_sms_send(connection, _sent(message.id), message.id, token, NOW,
+                                       LEASE, NO_CAP)
 
 
 def test_early_reports_are_found_once_their_sid_is_recorded(engine):
