@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from services.booking.app import bootstrap, create_app
 from shared.config import Config
 from shared.db import make_engine
+from tests.fakes.tcp_proxy import TcpProxy
 
-from .conftest import PATIENT, TcpProxy
+from .conftest import PATIENT
 
 
 def _closed_port() -> int:

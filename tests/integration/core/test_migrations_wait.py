@@ -11,39 +11,15 @@ import sqlalchemy as sa
 
 from shared.db import make_engine
 from shared.migrations import wait_for_database
+from tests.fakes.tcp_proxy import TcpProxy
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while chunk := source.recv(65536):
-            sink.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            end.close()
-
-
-def _listen_later(port: int, upstream: tuple[str, int], after: float,
-                  stop: threading.Event) -> None:
+def _open_later(port: int, upstream: tuple[str, int], after: float,
+                opened: list[TcpProxy]) -> None:
     """Nothing on `port` for `after` seconds (connections refused), then a relay to
     PostgreSQL: a server that was still starting."""
     time.sleep(after)
-    listener = socket.create_server(("127.0.0.1", port))
-    listener.settimeout(0.2)
-    with listener:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            server = socket.create_connection(upstream)
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+    opened.append(TcpProxy(*upstream, listen_port=port))
 
 
 def _free_port() -> int:
@@ -54,9 +30,9 @@ def _free_port() -> int:
 
 def test_waits_for_a_database_that_is_still_starting(postgres_url):
     url = sa.make_url(postgres_url)
-    port, stop = _free_port(), threading.Event()
-    opener = threading.Thread(target=_listen_later, daemon=True,
-                              args=(port, (url.host, url.port), 1.5, stop))
+    port, opened = _free_port(), []
+    opener = threading.Thread(target=_open_later, daemon=True,
+                              args=(port, (url.host, url.port), 1.5, opened))
     opener.start()
     engine = make_engine(url.set(port=port).render_as_string(hide_password=False))
     try:
@@ -65,8 +41,9 @@ def test_waits_for_a_database_that_is_still_starting(postgres_url):
             assert connection.execute(sa.text("SELECT 1")).scalar() == 1
     finally:
         engine.dispose()
-        stop.set()
         opener.join(5)
+        for proxy in opened:
+            proxy.cut()
 
 
 def test_gives_up_with_the_error_when_the_database_never_comes():
